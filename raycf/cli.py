@@ -1,0 +1,119 @@
+"""The `raycf` command line: a thin Click layer over plain functions."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raycf.config import MODEL_NAMES, NORMALIZATIONS
+from raycf.data.source import DataSpec
+from raycf.errors import RaycfError
+from raycf.metrics import MASK_PROTOCOLS
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_fractions(_ctx: click.Context, _param: click.Parameter, text: str) -> tuple[float, float, float]:
+    """`0.6,0.2,0.2` -> (0.6, 0.2, 0.2)."""
+    try:
+        parts = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three numbers like 0.6,0.2,0.2, got {text!r}") from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three numbers like 0.6,0.2,0.2, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def data_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose and read a run's data, turned into one `data: DataSpec` argument."""
+    options = [
+        click.option("--dataset", type=click.Choice(["ml-1m", "ml-100k", "synthetic"]), default=None,
+                     help="Named dataset (downloaded once into $RAYCF_DATA_HOME). Default: synthetic."),
+        click.option("--ratings", type=click.Path(dir_okay=False), default=None,
+                     help="Ratings file: MovieLens ratings.dat[.gz|.zip], u.data, CSV, TSV or Parquet."),
+        click.option("--format", "fmt", default="auto", show_default=True,
+                     help="Ratings file format: auto, movielens, ml-100k, csv, tsv, parquet."),
+        click.option("--user-col", default="user_id", show_default=True, help="User id column (CSV/TSV/Parquet)."),
+        click.option("--item-col", default="item_id", show_default=True, help="Item id column (CSV/TSV/Parquet)."),
+        click.option("--rating-col", default=None, help="Rating column (CSV/TSV/Parquet), for --min-rating."),
+        click.option("--min-rating", type=float, default=None,
+                     help="Keep ratings >= this as positives. Default: every rating is positive."),
+        click.option("--split", "fractions", default="0.6,0.2,0.2", show_default=True, callback=parse_fractions,
+                     help="Train, validation and test fractions of the records."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(dataset: str | None, ratings: str | None, fmt: str, user_col: str, item_col: str,
+                rating_col: str | None, min_rating: float | None, **kwargs: Any) -> Any:
+        if dataset is not None and ratings is not None:
+            raise click.UsageError("--dataset and --ratings exclude each other: give one")
+        data = DataSpec(
+            dataset=None if ratings is not None else (dataset or "synthetic"),
+            ratings=ratings, format=fmt, user_col=user_col, item_col=item_col,
+            rating_col=rating_col, min_rating=min_rating,
+        )
+        return command(data=data, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="raycf")
+def cli() -> None:
+    """raycf: Mult-VAE and AutoRec studies and batch scoring on Ray."""
+
+
+@cli.command("train")
+@click.option("--model", type=click.Choice(MODEL_NAMES), required=True, help="Model to train.")
+@data_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split and the training.")
+@click.option("--hidden", type=int, default=None, help="Hidden units (default 200).")
+@click.option("--dropout", type=float, default=None, help="Input dropout (Mult-VAE 0.5, AutoRec 0).")
+@click.option("--beta", type=float, default=None, help="Mult-VAE KL weight, or its cap when annealing (0.2).")
+@click.option("--anneal-steps", type=int, default=None, help="Linear beta anneal length in updates (0: constant).")
+@click.option("--l2", "l2", type=float, default=None, help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0).")
+@click.option("--normalize", type=click.Choice(NORMALIZATIONS), default=None, help="Input normalisation.")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (1e-3).")
+@click.option("--batch-size", type=int, default=None, help="Users per batch (100).")
+@click.option("--max-epochs", type=int, default=None, help="Epoch limit (1000).")
+@click.option("--patience", type=int, default=None, help="Early stopping patience in epochs (50).")
+@click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")
+@click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
+              help="Items masked when ranking for the test metrics.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="New directory for the run's outputs.")
+@click.option("--quiet", is_flag=True, help="No progress line per epoch.")
+def train_command(model: str, data: DataSpec, fractions: tuple[float, float, float], seed: int, mask: str,
+                  out: str, quiet: bool, **hyperparameters: Any) -> None:
+    """Train one model on one split and write the split, the best checkpoint and metrics.json."""
+    from raycf.config import TrainConfig
+    from raycf.train import run_training
+
+    config = TrainConfig.for_model(model, seed=seed, **hyperparameters)
+    summary = run_training(data, config, fractions=fractions, mask=mask, out=Path(out),
+                           progress=None if quiet else click.echo)
+    click.echo(summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input becomes one line on stderr and exit status 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="raycf", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        click.echo(f"raycf: error: {error.format_message()}{hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.Abort:
+        click.echo("raycf: interrupted", err=True)
+        sys.exit(130)
+    except RaycfError as error:
+        click.echo(f"raycf: error: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)

@@ -1,0 +1,1 @@
+"""Data: loaders, named datasets, synthetic data and the split."""

@@ -1,0 +1,132 @@
+"""Named MovieLens datasets: where they come from and a checked download cache."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pandas as pd
+
+from raycf.data.loaders import read_interactions
+from raycf.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a named dataset's zip lives and how to read the ratings inside it."""
+
+    url: str
+    md5: str
+    zip_name: str
+    member: str
+    fmt: str
+
+
+DATASETS = {
+    "ml-1m": DatasetInfo(
+        url="https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+        md5="c4d9eecfca2ab87c1945afe126590906",
+        zip_name="ml-1m.zip",
+        member="ml-1m/ratings.dat",
+        fmt="movielens",
+    ),
+    "ml-100k": DatasetInfo(
+        url="https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+        md5="0e33842e24a9c977be4e0107933c0723",
+        zip_name="ml-100k.zip",
+        member="ml-100k/u.data",
+        fmt="ml-100k",
+    ),
+}
+
+
+def data_home() -> Path:
+    """The download cache: `$RAYCF_DATA_HOME`, default `~/.cache/raycf`."""
+    return Path(os.environ.get("RAYCF_DATA_HOME") or "~/.cache/raycf").expanduser()
+
+
+def fetch_dataset(
+    name: str,
+    *,
+    home: Path | None = None,
+    url: str | None = None,
+    md5: str | None = None,
+    timeout: float = 10.0,
+) -> Path:
+    """The path of the dataset's zip in the cache, downloaded and checked when not there yet."""
+    info = _info(name)
+    home = Path(home) if home is not None else data_home()
+    url = url or info.url
+    md5 = md5 or info.md5
+    target = home / info.zip_name
+    if target.is_file():
+        got = _md5_of(target)
+        if got != md5:
+            raise DataError(f"cached {target} is corrupted (md5 {got}, expected {md5}); delete it to download it again")
+        return target
+    way_out = f"pass --ratings PATH, or put {info.zip_name} into {home}"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(dir=home, prefix=f".{info.zip_name}.", suffix=".part", delete=False)
+    except OSError as err:
+        raise DataError(
+            f"cannot write to the data home {home} ({err.strerror or err});"
+            f" set RAYCF_DATA_HOME or {way_out}"
+        ) from err
+    part = Path(handle.name)
+    try:
+        with handle:
+            got = _download(url, handle, timeout, way_out)
+        if got != md5:
+            raise DataError(f"download of {url} is corrupted (expected md5 {md5}, got {got}); try again, or {way_out}")
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+def load_dataset(name: str, **fetch_kwargs) -> pd.DataFrame:
+    """Fetch a named dataset and read its ratings."""
+    return read_interactions(fetch_dataset(name, **fetch_kwargs), fmt=_info(name).fmt)
+
+
+def _info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, synthetic")
+    return DATASETS[name]
+
+
+def _download(url: str, handle: BinaryIO, timeout: float, way_out: str) -> str:
+    """Stream `url` into `handle`; return the md5 of what was written."""
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                handle.write(chunk)
+    except urllib.error.HTTPError as err:
+        raise DataError(f"cannot download {url} (HTTP {err.code} {err.reason}); {way_out}") from err
+    except urllib.error.URLError as err:
+        raise DataError(f"cannot download {url} ({_one_line(err.reason)}); offline? {way_out}") from err
+    except (OSError, http.client.HTTPException) as err:
+        raise DataError(f"cannot download {url} ({_one_line(err)}); {way_out}") from err
+    return digest.hexdigest()
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _one_line(reason: object) -> str:
+    return " ".join(str(reason).split()) or type(reason).__name__

@@ -1,0 +1,313 @@
+"""A seeded random split of interaction records into train/valid/test matrices, saved as Parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from raycf.errors import DataError
+
+FORMAT_VERSION = 1
+PARTS = ("train", "valid", "test")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """User x item 0/1 matrices; rows follow `user_ids`, columns follow `item_ids` (train items)."""
+
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    manifest: dict[str, Any]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def split_interactions(
+    interactions: pd.DataFrame,
+    *,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    source: str = "",
+    source_sha256: str = "",
+) -> Split:
+    """Shuffle the records with `seed` and cut them by `fractions` into train, valid and test.
+
+    Valid/test records whose item is not in train are dropped and counted in the manifest.
+    """
+    shares = _check_fractions(fractions)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise DataError(f"split: seed must be an integer >= 0, got {seed!r}")
+    users_raw = _raw_ids(interactions, "user_id")
+    items_raw = _raw_ids(interactions, "item_id")
+    n_records = len(users_raw)
+    order = np.random.default_rng(seed).permutation(n_records)
+    n_train = round(shares[0] * n_records)
+    n_valid = round(shares[1] * n_records)
+    rows = dict(zip(PARTS, np.split(order, [n_train, n_train + n_valid])))
+    for name in PARTS:
+        if rows[name].size == 0:
+            raise DataError(
+                f"split: the {name} part is empty ({n_records} records, fractions {shares}); "
+                f"use more interactions or a larger {name} fraction in --split"
+            )
+
+    user_codes, user_ids = pd.factorize(users_raw, sort=True)
+    _refuse_duplicates(user_codes, items_raw, user_ids)
+    item_ids = pd.factorize(items_raw[rows["train"]], sort=True)[1]
+    item_codes = pd.Index(item_ids).get_indexer(items_raw)
+    _refuse_users_without_train(user_codes[rows["train"]], user_ids)
+
+    shape = (len(user_ids), len(item_ids))
+    matrices = {"train": _matrix(user_codes[rows["train"]], item_codes[rows["train"]], shape)}
+    dropped = {}
+    for name in PARTS[1:]:
+        part = rows[name][item_codes[rows[name]] >= 0]
+        dropped[name] = int(rows[name].size - part.size)
+        if part.size == 0:
+            raise DataError(
+                f"split: no {name} record is left after dropping {dropped[name]} whose item is not in train; "
+                f"use more interactions or a larger {name} fraction in --split"
+            )
+        matrices[name] = _matrix(user_codes[part], item_codes[part], shape)
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "source_sha256": source_sha256,
+        "seed": int(seed),
+        "fractions": list(shares),
+        "n_users": shape[0],
+        "n_items": shape[1],
+        "counts": {name: int(matrices[name].nnz) for name in PARTS},
+        "dropped": dropped,
+        "n_records": n_records,
+    }
+    manifest.update(_digests(_parquet_files(matrices, user_ids, item_ids)))
+    return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
+
+
+def save_split(split: Split, directory: Path) -> None:
+    """Write the three Parquet parts and manifest.json atomically; refuse to replace a different split."""
+    directory = Path(directory)
+    files = _parquet_files({name: getattr(split, name) for name in PARTS}, split.user_ids, split.item_ids)
+    manifest = {**split.manifest, **_digests(files)}
+    files[MANIFEST] = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
+    if directory.exists():
+        if not directory.is_dir():
+            raise DataError(f"split: {directory} exists and is not a directory; choose another split directory")
+        if any(directory.iterdir()):
+            _refuse_other_split(directory, manifest["split_sha256"])
+            return
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    except OSError as err:
+        raise DataError(f"split: cannot write {directory}: {err.strerror}; choose a writable split directory") from err
+    try:
+        for name, data in files.items():
+            with open(staging / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.rename(staging, directory)
+    except OSError as err:
+        if directory.is_dir() and any(directory.iterdir()):  # another process saved first
+            _refuse_other_split(directory, manifest["split_sha256"])
+            return
+        raise DataError(f"split: cannot write {directory}: {err.strerror}; choose a writable split directory") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_split(directory: Path) -> Split:
+    """Read a saved split back, checking every file against the sha256s in its manifest."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    blobs = {}
+    for name in PARTS:
+        path = directory / f"{name}.parquet"
+        try:
+            blobs[name] = path.read_bytes()
+        except OSError as err:
+            raise DataError(f"split: cannot read {path}: {err.strerror}; save the split again") from err
+    found = _digests({f"{name}.parquet": blob for name, blob in blobs.items()})
+    for file_name, digest in found["file_sha256"].items():
+        if manifest["file_sha256"].get(file_name) != digest:
+            raise DataError(
+                f"split: {directory / file_name} does not match its sha256 in {MANIFEST} "
+                f"(modified or truncated); delete {directory} and split again"
+            )
+    if manifest["split_sha256"] != found["split_sha256"]:
+        raise DataError(f"split: split_sha256 in {directory / MANIFEST} does not match the Parquet files; "
+                        f"delete {directory} and split again")
+
+    columns = {name: _read_part(directory / f"{name}.parquet", blob) for name, blob in blobs.items()}
+    user_ids = pd.factorize(columns["train"][0], sort=True)[1]
+    item_ids = pd.factorize(columns["train"][1], sort=True)[1]
+    users, items = pd.Index(user_ids), pd.Index(item_ids)
+    shape = (len(user_ids), len(item_ids))
+    matrices = {}
+    for name, (user_col, item_col) in columns.items():
+        rows, cols = users.get_indexer(user_col), items.get_indexer(item_col)
+        if (rows < 0).any() or (cols < 0).any():
+            raise DataError(f"split: {directory / name}.parquet holds users or items absent from train.parquet; "
+                            f"delete {directory} and split again")
+        matrices[name] = _matrix(rows, cols, shape)
+    return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Three finite numbers > 0 that sum to 1, else DataError naming the split field."""
+    numbers = (
+        isinstance(fractions, (list, tuple, np.ndarray))
+        and len(fractions) == 3
+        and all(isinstance(f, (int, float, np.number)) and not isinstance(f, bool) for f in fractions)
+    )
+    if not numbers or not all(math.isfinite(f) and f > 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(
+            f"split: fractions must be three numbers > 0 (train, valid, test) that sum to 1, got {fractions!r}; "
+            "e.g. --split 0.6,0.2,0.2"
+        )
+    train, valid, test = (float(f) for f in fractions)
+    return train, valid, test
+
+
+def _raw_ids(interactions: pd.DataFrame, column: str) -> np.ndarray:
+    """The column as int64, or as an object array of str; DataError for anything else."""
+    if column not in interactions.columns:
+        raise DataError(f"interactions: no {column} column (found {list(interactions.columns)}); name the id columns")
+    values = interactions[column]
+    missing = int(values.isna().sum())
+    if missing:
+        raise DataError(f"interactions: {missing} rows have no {column}; drop them or fix the ratings file")
+    kind = pd.api.types.infer_dtype(values, skipna=False)
+    if kind == "integer":
+        return values.to_numpy(dtype=np.int64)
+    if kind == "string":
+        return values.to_numpy(dtype=object)
+    raise DataError(f"interactions: {column} must hold integer or string ids, found {kind} values; "
+                    "convert the column to one id type")
+
+
+def _refuse_duplicates(user_codes: np.ndarray, items_raw: np.ndarray, user_ids: np.ndarray) -> None:
+    """DataError when a (user, item) pair occurs twice: the split would leak it across parts."""
+    item_codes, all_items = pd.factorize(items_raw)
+    pairs = pd.Index(user_codes.astype(np.int64) * len(all_items) + item_codes)
+    if not pairs.is_unique:
+        duplicated = pairs.duplicated()
+        first = int(np.flatnonzero(duplicated)[0])
+        raise DataError(
+            f"interactions: {int(duplicated.sum())} duplicate (user_id, item_id) rows, e.g. user "
+            f"{_show(user_ids[user_codes[first]])} item {_show(items_raw[first])}; keep one row per pair"
+        )
+
+
+def _refuse_users_without_train(train_user_codes: np.ndarray, user_ids: np.ndarray) -> None:
+    """DataError when some user has no training record."""
+    lacking = np.flatnonzero(np.bincount(train_user_codes, minlength=len(user_ids)) == 0)
+    if lacking.size:
+        raise DataError(
+            f"split: {lacking.size} of {len(user_ids)} users have no training record (e.g. user "
+            f"{_show(user_ids[lacking[0]])}); hold out fewer records (e.g. --split 0.8,0.1,0.1) "
+            "or drop users with few interactions"
+        )
+
+
+def _show(raw: object) -> str:
+    """A raw id as the user wrote it: strings quoted, numbers plain."""
+    return repr(raw) if isinstance(raw, str) else str(raw)
+
+
+def _matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A canonical (sorted, duplicate-free) float32 CSR matrix of ones."""
+    order = np.lexsort((cols, rows))
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=shape[0]))))
+    data = np.ones(len(rows), dtype=np.float32)
+    return sp.csr_matrix((data, cols[order].astype(np.int32), indptr.astype(np.int64)), shape=shape)
+
+
+def _parquet_files(
+    matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, item_ids: np.ndarray
+) -> dict[str, bytes]:
+    """The Parquet bytes of each part: raw ids, rows sorted by (user index, item index)."""
+    files = {}
+    for name in PARTS:
+        matrix = matrices[name]
+        rows = np.repeat(np.arange(len(user_ids)), np.diff(matrix.indptr))
+        table = pa.table({"user_id": pa.array(user_ids[rows]), "item_id": pa.array(item_ids[matrix.indices])})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        files[f"{name}.parquet"] = sink.getvalue().to_pybytes()
+    return files
+
+
+def _digests(files: dict[str, bytes]) -> dict[str, Any]:
+    """split_sha256 over the parts in order train, valid, test, and each file's own sha256."""
+    whole = hashlib.sha256()
+    for name in PARTS:
+        whole.update(files[f"{name}.parquet"])
+    return {
+        "split_sha256": whole.hexdigest(),
+        "file_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+    }
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    """manifest.json with its digests, else DataError naming the file."""
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError as err:
+        raise DataError(f"split: cannot read {path}: {err.strerror}; save the split again") from err
+    except ValueError as err:
+        raise DataError(f"split: {path} is not valid JSON ({err}); save the split again") from err
+    complete = isinstance(manifest, dict) and "split_sha256" in manifest
+    if not (complete and isinstance(manifest.get("file_sha256"), dict)):
+        raise DataError(f"split: {path} lacks split_sha256/file_sha256; save the split again")
+    return manifest
+
+
+def _read_part(path: Path, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The raw user and item id columns of one Parquet part."""
+    try:
+        table = pq.read_table(pa.BufferReader(blob), columns=["user_id", "item_id"])
+    except (pa.ArrowException, KeyError) as err:
+        raise DataError(f"split: cannot read {path}: {err}; delete the split and split again") from err
+    users, items = (table.column(name).to_numpy(zero_copy_only=False) for name in ("user_id", "item_id"))
+    return users, items
+
+
+def _refuse_other_split(directory: Path, split_sha256: str) -> None:
+    """Return quietly if `directory` holds this very split, else DataError."""
+    try:
+        existing = json.loads((directory / MANIFEST).read_text()).get("split_sha256")
+    except (OSError, ValueError, AttributeError):
+        existing = None
+    if existing != split_sha256:
+        raise DataError(
+            f"split: {directory} already holds other files or a different split; "
+            "choose another split directory or delete it"
+        )

@@ -1,0 +1,43 @@
+"""User-based AutoRec (Sedhain et al., WWW 2015) for implicit feedback."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raycf.config import TrainConfig
+from raycf.models.base import Recommender, SparseBatch, input_dropout, sparse_linear
+
+
+class AutoRec(Recommender):
+    """x_hat = sigmoid(V sigmoid(W x + b) + c), squared error over all items plus lambda/2 (|W|^2 + |V|^2)."""
+
+    name = "autorec"
+
+    def __init__(self, n_items: int, config: TrainConfig) -> None:
+        super().__init__(n_items, config)
+        self.encoder_weight = nn.Parameter(torch.empty(n_items, config.hidden))
+        self.encoder_bias = nn.Parameter(torch.zeros(config.hidden))
+        self.decoder = nn.Linear(config.hidden, n_items)
+        nn.init.xavier_uniform_(self.encoder_weight)
+        nn.init.xavier_uniform_(self.decoder.weight)
+        nn.init.zeros_(self.decoder.bias)
+
+    def logits(self, batch: SparseBatch, values: torch.Tensor) -> torch.Tensor:
+        hidden = torch.sigmoid(sparse_linear(batch, values, self.encoder_weight, self.encoder_bias))
+        return self.decoder(hidden)
+
+    def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        values = input_dropout(batch.normalized_values(self.config.normalize), self.config.dropout, generator)
+        reconstruction = torch.sigmoid(self.logits(batch, values))
+        # sum_i (x_i - x_hat_i)^2 over all items, without densifying x: sum x_hat^2 - 2 x.x_hat + x.x
+        squared_error = (
+            reconstruction.square().sum()
+            - 2.0 * (batch.gather(reconstruction) * batch.values).sum()
+            + batch.values.square().sum()
+        ) / batch.size
+        return squared_error + self.l2_penalty(self.encoder_weight, self.decoder.weight)
+
+    def scores(self, batch: SparseBatch) -> torch.Tensor:
+        # sigmoid is monotone: ranking by logits is the same and avoids ties from saturation
+        return self.logits(batch, batch.normalized_values(self.config.normalize))

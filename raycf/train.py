@@ -1,0 +1,245 @@
+"""One training run, callable without Ray: shuffled user batches, Adam, validation, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raycf.config import TrainConfig
+from raycf.data.source import DataSpec, prepare_split
+from raycf.data.split import Split, save_split
+from raycf.errors import RaycfError
+from raycf.evaluate import evaluate_model, summarize
+from raycf.metrics import MASK_PROTOCOLS, METRICS
+from raycf.models import Recommender, SparseBatch, build_model
+from raycf.models.checkpoint import save_checkpoint
+
+SELECTION_METRIC = "ndcg"
+K = 5
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch did; `valid` is None on epochs without validation."""
+
+    epoch: int
+    loss: float
+    train_seconds: float
+    valid: dict[str, float] | None
+    valid_seconds: float
+    improved: bool
+    best_epoch: int
+    best_ndcg: float
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    model: Recommender
+    """The model holding the best epoch's weights, in eval mode."""
+    best_epoch: int
+    best_valid: dict[str, float]
+    epochs_run: int
+    seconds: float
+    history: list[EpochReport] = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the model, optimizer and random state of one run; its state can be saved and restored."""
+
+    def __init__(self, split: Split, config: TrainConfig) -> None:
+        config.validate()
+        self.split = split
+        self.config = config
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            self.model = build_model(config, split.n_items)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.epoch = 0
+        self.step = 0
+        self.best_epoch = 0
+        self.best_valid: dict[str, float] = {}
+        self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
+
+    @property
+    def best_ndcg(self) -> float:
+        return self.best_valid.get(SELECTION_METRIC, -1.0)
+
+    @property
+    def finished(self) -> bool:
+        """Max epochs reached, or no improvement for `patience` epochs."""
+        return self.epoch >= self.config.max_epochs or self.epoch - self.best_epoch >= self.config.patience
+
+    def train_epoch(self) -> float:
+        """One pass over all users in shuffled batches; returns the mean batch loss."""
+        self.model.train()
+        order = torch.randperm(self.split.n_users, generator=self.generator).numpy()
+        losses = []
+        for start in range(0, len(order), self.config.batch_size):
+            batch = SparseBatch.from_csr(self.split.train[order[start : start + self.config.batch_size]])
+            loss = self.model.loss(batch, self.step, self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            losses.append(loss.item())
+        self.epoch += 1
+        return float(np.mean(losses))
+
+    def validate(self) -> dict[str, float]:
+        return summarize(evaluate_model(self.model, self.split, "valid", k=K))
+
+    def run_epoch(self) -> EpochReport:
+        """Train one epoch and, when due, validate and keep the weights if they are the best so far."""
+        started = time.perf_counter()
+        loss = self.train_epoch()
+        trained = time.perf_counter()
+        valid, improved = None, False
+        if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.max_epochs:
+            valid = self.validate()
+            improved = valid[SELECTION_METRIC] > self.best_ndcg
+            if improved:
+                self.best_epoch, self.best_valid = self.epoch, valid
+                self.best_state = copy.deepcopy(self.model.state_dict())
+        return EpochReport(
+            epoch=self.epoch,
+            loss=loss,
+            train_seconds=trained - started,
+            valid=valid,
+            valid_seconds=time.perf_counter() - trained,
+            improved=improved,
+            best_epoch=self.best_epoch,
+            best_ndcg=self.best_ndcg,
+        )
+
+    def best_model(self) -> Recommender:
+        """A copy of the model holding the best epoch's weights, in eval mode."""
+        model = build_model(self.config, self.split.n_items)
+        model.load_state_dict(self.best_state)
+        return model.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly where it is (tensors and plain values only)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_epoch": self.best_epoch,
+            "best_valid": self.best_valid,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_epoch, self.best_valid = state["best_epoch"], dict(state["best_valid"])
+        self.best_state = state["best_state"]
+
+
+def format_epoch(config: TrainConfig, report: EpochReport) -> str:
+    """The progress line printed after each epoch."""
+    line = f"[{config.model}] epoch {report.epoch:4d}  loss {report.loss:10.4f}  {report.train_seconds:6.2f}s"
+    if report.valid is not None:
+        line += f"  valid ndcg@{K} {report.valid['ndcg']:.4f}{' *' if report.improved else '  '}"
+    return line + f"  best {report.best_ndcg:.4f} @ {report.best_epoch}"
+
+
+def train(split: Split, config: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
+    """Train until early stopping or `max_epochs`; `on_epoch` sees every epoch's report."""
+    started = time.perf_counter()
+    trainer = Trainer(split, config)
+    history = []
+    while not trainer.finished:
+        report = trainer.run_epoch()
+        history.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+    return TrainResult(
+        config=config,
+        model=trainer.best_model(),
+        best_epoch=trainer.best_epoch,
+        best_valid=trainer.best_valid,
+        epochs_run=trainer.epoch,
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
+
+
+def run_training(
+    data: DataSpec,
+    config: TrainConfig,
+    *,
+    fractions: tuple[float, float, float],
+    mask: str,
+    out: Path,
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    """Split, train, test and write `out/` (split/, checkpoint.pt, metrics.json); returns a summary.
+
+    Everything is written into a temporary sibling and renamed at the end, so an interrupted run leaves
+    nothing under `out`, and an existing non-empty `out` is refused rather than overwritten.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise RaycfError(f"{out}: output directory exists and is not empty; choose a new --out or remove it")
+    if mask not in MASK_PROTOCOLS:
+        raise RaycfError(f"mask must be one of {', '.join(MASK_PROTOCOLS)}, got {mask!r}")
+    split = prepare_split(data, fractions, config.seed)
+    on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report)))
+    result = train(split, config, on_epoch=on_epoch)
+    test = summarize(evaluate_model(result.model, split, "test", mask=mask, k=K))
+    metrics = {
+        "model": config.model,
+        "config": config.to_dict(),
+        "k": K,
+        "mask": mask,
+        "valid": result.best_valid,
+        "test": test,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 3),
+        "dataset": split.manifest["source"],
+        "split_sha256": split.manifest["split_sha256"],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_split(split, staging / "split")
+        save_checkpoint(staging / CHECKPOINT_NAME, result.model, meta={"split_sha256": split.manifest["split_sha256"]})
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return format_summary(metrics, out)
+
+
+def format_summary(metrics: dict[str, Any], out: Path) -> str:
+    """A few lines: the run, its best epoch, and validation and test metrics at k."""
+    k = metrics["k"]
+    lines = [
+        f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+        f" ({metrics['seconds']:.1f}s)",
+        f"{'':6s}" + "".join(f"{name + '@' + str(k):>12s}" for name in METRICS),
+    ]
+    for part in ("valid", "test"):
+        lines.append(f"{part:6s}" + "".join(f"{metrics[part][name]:12.4f}" for name in METRICS))
+    lines.append(f"test ranks exclude {metrics['mask']} items; outputs in {out}")
+    return "\n".join(lines)

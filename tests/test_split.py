@@ -1,0 +1,179 @@
+"""The record split: determinism, fractions, dropped records, saving, loading and refusals."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raycf.data.split import PARTS, Split, load_split, save_split, split_interactions
+from raycf.data.synthetic import generate_synthetic
+from raycf.errors import DataError
+
+FILES = ("train.parquet", "valid.parquet", "test.parquet", "manifest.json")
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    """Synthetic records plus 60 single-record items, some of which miss train."""
+    base = generate_synthetic(n_users=300, n_items=120, mean_interactions=25, min_interactions=10, seed=1)
+    rare = pd.DataFrame({"user_id": np.arange(1, 61, dtype=np.int64), "item_id": np.arange(100_001, 100_061)})
+    return pd.concat([base, rare], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def split(frame: pd.DataFrame) -> Split:
+    return split_interactions(frame, seed=5, source="synthetic", source_sha256="abc")
+
+
+def _pairs(split: Split, name: str) -> set[tuple]:
+    rows, cols = getattr(split, name).nonzero()
+    return set(zip(split.user_ids[rows].tolist(), split.item_ids[cols].tolist()))
+
+
+def _assert_same(a: Split, b: Split) -> None:
+    for name in PARTS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and x.dtype == y.dtype == np.float32
+        assert np.array_equal(x.indptr, y.indptr) and np.array_equal(x.indices, y.indices)
+        assert np.array_equal(x.data, y.data)
+    assert np.array_equal(a.user_ids, b.user_ids) and np.array_equal(a.item_ids, b.item_ids)
+    assert a.user_ids.dtype == b.user_ids.dtype and a.item_ids.dtype == b.item_ids.dtype
+
+
+def test_matrices_and_ids(frame: pd.DataFrame, split: Split) -> None:
+    assert np.array_equal(split.user_ids, np.unique(frame["user_id"]))
+    assert np.all(np.diff(split.item_ids) > 0)
+    assert split.n_users == len(split.user_ids) and split.n_items == len(split.item_ids)
+    for name in PARTS:
+        matrix = getattr(split, name)
+        assert matrix.shape == (split.n_users, split.n_items)
+        assert matrix.dtype == np.float32 and np.all(matrix.data == 1.0)
+    assert np.all(np.diff(split.train.indptr) > 0), "every user keeps a training record"
+    assert set(np.unique(split.train.indices)) == set(range(split.n_items)), "items are exactly the train items"
+
+
+def test_fractions_and_dropped_records(frame: pd.DataFrame, split: Split) -> None:
+    manifest, n = split.manifest, len(frame)
+    assert manifest["n_records"] == n
+    assert manifest["counts"]["train"] == round(0.6 * n)
+    assert abs(manifest["counts"]["valid"] + manifest["dropped"]["valid"] - round(0.2 * n)) <= 1
+    assert abs(manifest["counts"]["test"] + manifest["dropped"]["test"] - round(0.2 * n)) <= 1
+    assert manifest["dropped"]["valid"] + manifest["dropped"]["test"] > 0
+    assert sum(manifest["counts"].values()) + sum(manifest["dropped"].values()) == n
+
+    records = set(zip(frame["user_id"].tolist(), frame["item_id"].tolist()))
+    parts = [_pairs(split, name) for name in PARTS]
+    assert sum(map(len, parts)) == sum(manifest["counts"].values())
+    assert set().union(*parts) <= records and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    dropped = records - set().union(*parts)
+    assert len(dropped) == sum(manifest["dropped"].values())
+    assert not {item for _, item in dropped} & set(split.item_ids.tolist())
+
+
+def test_manifest(split: Split) -> None:
+    manifest = split.manifest
+    assert manifest["format_version"] == 1 and manifest["seed"] == 5
+    assert manifest["source"] == "synthetic" and manifest["source_sha256"] == "abc"
+    assert manifest["fractions"] == [0.6, 0.2, 0.2]
+    assert (manifest["n_users"], manifest["n_items"]) == (split.n_users, split.n_items)
+    assert len(manifest["split_sha256"]) == 64
+
+
+def test_same_seed_same_bytes(frame: pd.DataFrame, tmp_path: Path) -> None:
+    save_split(split_interactions(frame, seed=5), tmp_path / "a")
+    save_split(split_interactions(frame, seed=5), tmp_path / "b")
+    for name in FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_different_seed_different_split(frame: pd.DataFrame, split: Split) -> None:
+    other = split_interactions(frame, seed=6, source="synthetic", source_sha256="abc")
+    assert other.manifest["split_sha256"] != split.manifest["split_sha256"]
+    assert _pairs(other, "train") != _pairs(split, "train")
+
+
+def test_save_and_load_round_trip(split: Split, tmp_path: Path) -> None:
+    target = tmp_path / "nested" / "split"
+    save_split(split, target)
+    assert sorted(p.name for p in target.iterdir()) == sorted(FILES)
+    assert [p.name for p in target.parent.iterdir()] == ["split"], "no staging directory left behind"
+    loaded = load_split(target)
+    _assert_same(split, loaded)
+    assert loaded.manifest == split.manifest
+    train = pd.read_parquet(target / "train.parquet")
+    assert list(train.columns) == ["user_id", "item_id"]
+    assert set(zip(train["user_id"].tolist(), train["item_id"].tolist())) == _pairs(split, "train")
+    _assert_same(split, pickle.loads(pickle.dumps(split)))
+
+
+def test_string_ids_round_trip(frame: pd.DataFrame, tmp_path: Path) -> None:
+    named = pd.DataFrame({"user_id": "u" + frame["user_id"].astype(str), "item_id": "i" + frame["item_id"].astype(str)})
+    split = split_interactions(named, seed=5)
+    assert isinstance(split.user_ids[0], str) and list(split.user_ids) == sorted(split.user_ids)
+    save_split(split, tmp_path / "s")
+    loaded = load_split(tmp_path / "s")
+    _assert_same(split, loaded)
+    assert _pairs(loaded, "test") == _pairs(split, "test")
+    assert _pairs(loaded, "test") <= set(zip(named["user_id"], named["item_id"]))
+
+
+def test_save_is_idempotent_and_refuses_another_split(frame: pd.DataFrame, split: Split, tmp_path: Path) -> None:
+    target = tmp_path / "split"
+    save_split(split, target)
+    before = {name: (target / name).read_bytes() for name in FILES}
+    save_split(split, target)
+    assert {name: (target / name).read_bytes() for name in FILES} == before
+    with pytest.raises(DataError, match="different split"):
+        save_split(split_interactions(frame, seed=9), target)
+    (tmp_path / "empty").mkdir()
+    save_split(split, tmp_path / "empty")
+    _assert_same(split, load_split(tmp_path / "empty"))
+
+
+def test_load_refuses_tampered_or_missing_files(split: Split, tmp_path: Path) -> None:
+    target = tmp_path / "split"
+    save_split(split, target)
+    data = (target / "test.parquet").read_bytes()
+    (target / "test.parquet").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(DataError, match="test.parquet"):
+        load_split(target)
+    (target / "test.parquet").unlink()
+    with pytest.raises(DataError, match="test.parquet"):
+        load_split(target)
+    with pytest.raises(DataError, match="manifest.json"):
+        load_split(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.6, 0.3, 0.2), (0.8, 0.2, 0.0), (-0.2, 0.6, 0.6), "abc"])
+def test_bad_fractions(frame: pd.DataFrame, fractions: object) -> None:
+    with pytest.raises(DataError, match="split: fractions") as caught:
+        split_interactions(frame, fractions=fractions)  # type: ignore[arg-type]
+    assert "\n" not in str(caught.value)
+
+
+def test_empty_part() -> None:
+    tiny = pd.DataFrame({"user_id": [1, 1, 1, 1, 1], "item_id": [1, 2, 3, 4, 5]})
+    with pytest.raises(DataError, match="valid part is empty"):
+        split_interactions(tiny, fractions=(0.8, 0.1, 0.1))
+
+
+def test_user_without_training_record() -> None:
+    lonely = pd.DataFrame({"user_id": np.arange(100), "item_id": np.zeros(100, dtype=np.int64)})
+    with pytest.raises(DataError, match=r"users have no training record \(e\.g\. user \d+\).*--split"):
+        split_interactions(lonely)
+    named = lonely.assign(user_id="u" + lonely["user_id"].astype(str))
+    with pytest.raises(DataError, match="e.g. user 'u"):
+        split_interactions(named)
+
+
+def test_bad_records() -> None:
+    with pytest.raises(DataError, match=r"1 duplicate .*user 3 item 7"):
+        split_interactions(pd.DataFrame({"user_id": [*range(10), 3], "item_id": [*range(4, 14), 7]}))
+    with pytest.raises(DataError, match="item_id"):
+        split_interactions(pd.DataFrame({"user_id": [1, 2], "item_id": [1.5, 2.5]}))
+    with pytest.raises(DataError, match="user_id"):
+        split_interactions(pd.DataFrame({"user": [1, 2], "item_id": [1, 2]}))
