@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raycf.atomic import staged_directory
 from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
@@ -66,7 +65,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = build_model(config, split.n_items)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
         self.epoch = 0
         self.step = 0
         self.best_epoch = 0
@@ -216,18 +215,14 @@ def run_training(
         "dataset": split.manifest["source"],
         "split_sha256": split.manifest["split_sha256"],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_split(split, staging / "split")
-        save_checkpoint(staging / CHECKPOINT_NAME, result.model, meta={"split_sha256": split.manifest["split_sha256"]})
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with staged_directory(out) as staging:
+            save_split(split, staging / "split")
+            meta = {"split_sha256": split.manifest["split_sha256"]}
+            save_checkpoint(staging / CHECKPOINT_NAME, result.model, meta=meta)
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    except OSError as error:
+        raise RaycfError(f"{out}: cannot write the run ({error.strerror}); choose a writable, new --out") from None
     return format_summary(metrics, out)
 
 

@@ -6,8 +6,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from raycf.atomic import staged_directory
 from raycf.errors import DataError
 
 FORMAT_VERSION = 1
@@ -122,24 +121,17 @@ def save_split(split: Split, directory: Path) -> None:
             _refuse_other_split(directory, manifest["split_sha256"])
             return
     try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    except OSError as err:
-        raise DataError(f"split: cannot write {directory}: {err.strerror}; choose a writable split directory") from err
-    try:
-        for name, data in files.items():
-            with open(staging / name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.rename(staging, directory)
+        with staged_directory(directory) as staging:
+            for name, data in files.items():
+                with open(staging / name, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
     except OSError as err:
         if directory.is_dir() and any(directory.iterdir()):  # another process saved first
             _refuse_other_split(directory, manifest["split_sha256"])
             return
         raise DataError(f"split: cannot write {directory}: {err.strerror}; choose a writable split directory") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_split(directory: Path) -> Split:

@@ -1,0 +1,5 @@
+"""`python -m raycf` is the `raycf` command."""
+
+from raycf.cli import main
+
+main()
