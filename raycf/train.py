@@ -130,7 +130,11 @@ class Trainer:
         return model.eval()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly where it is (tensors and plain values only)."""
+        """Everything needed to continue this run exactly where it is (tensors and plain values only).
+
+        `best_state` is None when the current weights are the best ones, which keeps checkpoints
+        taken at an improving epoch free of a second copy of the weights.
+        """
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -139,7 +143,7 @@ class Trainer:
             "step": self.step,
             "best_epoch": self.best_epoch,
             "best_valid": self.best_valid,
-            "best_state": self.best_state,
+            "best_state": None if self.best_epoch == self.epoch else self.best_state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -148,7 +152,8 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_epoch, self.best_valid = state["best_epoch"], dict(state["best_valid"])
-        self.best_state = state["best_state"]
+        best = state["best_state"]
+        self.best_state = copy.deepcopy(self.model.state_dict()) if best is None else best
 
 
 def format_epoch(config: TrainConfig, report: EpochReport) -> str:
