@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,50 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
     summary = run_training(data, config, fractions=fractions, mask=mask, out=Path(out),
                            progress=None if quiet else click.echo)
     click.echo(summary)
+
+
+@cli.command("tune")
+@click.argument("study_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the interrupted study in this run directory.")
+@click.option("--storage", default="runs", show_default=True,
+              help="Where run directories live (a path every node can reach on a cluster).")
+@click.option("--name", default=None, help="Run directory name. Default: the study's name and a timestamp.")
+@click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Samples per search-space point.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Trials running at once.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Retries of an errored trial.")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=None)
+@click.option("--dataset", type=click.Choice(["ml-1m", "ml-100k", "synthetic"]), default=None,
+              help="Override the study's data with a named dataset.")
+@click.option("--ratings", type=click.Path(dir_okay=False), default=None,
+              help="Override the study's data with a ratings file.")
+@click.option("--seed", type=int, default=None, help="Override the study's seed (split and search).")
+def tune_command(study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
+                 address: str | None, **overrides: Any) -> None:
+    """Run a study (STUDY_FILE, YAML) of Mult-VAE and AutoRec trials on Ray Tune with ASHA."""
+    from raycf import tune as tuning
+    from raycf.study import apply_overrides, load_study
+
+    if (study_file is None) == (resume_dir is None):
+        raise click.UsageError("give a STUDY_FILE to run, or --resume RUN_DIR to continue one (not both)")
+    if resume_dir is not None and any(value is not None for value in overrides.values()):
+        raise click.UsageError("--resume continues a study as it was; it takes no study overrides")
+    study = None
+    if study_file is not None:
+        own_data = overrides["ratings"] is None and overrides["dataset"] is None
+        study = apply_overrides(load_study(study_file, check_ratings=own_data), **overrides)
+    dashboard = tuning.connect(address)
+    if dashboard:
+        click.echo(f"Ray dashboard: {dashboard}")
+    if study is None:
+        run_dir, leaderboard = tuning.resume_study(Path(resume_dir))
+    else:
+        run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir, leaderboard = tuning.run_study(study, tuning.TuneOptions(storage=Path(storage), name=run_name))
+    click.echo(tuning.format_leaderboard(leaderboard))
+    click.echo(f"run directory: {run_dir} (best.json, leaderboard.parquet, trials.parquet)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,3 +23,42 @@ def small_split() -> Split:
     """400 users x 150 items with planted structure, split 60/20/20 with seed 0."""
     frame = generate_synthetic(n_users=400, n_items=150, mean_interactions=30, min_interactions=20, seed=0)
     return split_interactions(frame, seed=0, source="synthetic-test")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the whole test session, 2 CPUs, no dashboard."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY_STUDY = """
+name: tiny
+seed: 0
+data:
+  dataset: synthetic
+  synthetic: {n_users: 300, n_items: 100}
+scheduler: {type: asha, max_t: 12, grace_period: 2, reduction_factor: 3}
+resources: {cpus_per_trial: 1}
+max_failures: 1
+models:
+  multvae:
+    fixed: {hidden: 16, lr: 1.0e-2, patience: 6}
+    search:
+      beta: {grid: [0.1, 0.2, 0.3]}
+  autorec:
+    fixed: {hidden: 16, lr: 1.0e-2, patience: 6}
+    search:
+      l2: {grid: [1.0e-4, 1.0e-3, 1.0e-2]}
+"""
+
+
+@pytest.fixture()
+def tiny_study(tmp_path: Path) -> Path:
+    """A six-trial study (3 Mult-VAE, 3 AutoRec) on 300 synthetic users, a few seconds per trial."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_STUDY)
+    return path

@@ -1,0 +1,275 @@
+"""Ray Tune wiring: one function trainable per trial, ASHA on validation NDCG@5, resume, leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+
+from raycf.asha import PerModelASHA
+from raycf.config import TrainConfig
+from raycf.data.source import prepare_split
+from raycf.data.split import Split, load_split, save_split
+from raycf.errors import RaycfError
+from raycf.metrics import METRICS
+from raycf.models.checkpoint import save_checkpoint
+from raycf.study import Study
+from raycf.train import Trainer
+
+SPLIT_DIR = "split"
+STUDY_FILE = "study.json"
+LEADERBOARD_FILE = "leaderboard.parquet"
+TRIALS_FILE = "trials.parquet"
+BEST_FILE = "best.json"
+MODEL_FILE = "model.pt"
+STATE_FILE = "trainer.pt"
+TIME_ATTR = "epoch"
+
+
+def metric_name(study_metric: str) -> str:
+    """The reported key that ASHA and model selection watch, e.g. valid_ndcg."""
+    return f"valid_{study_metric}"
+
+
+def write_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
+    """model.pt (a raycf checkpoint of the current, best weights) + trainer.pt (the rest of the state)."""
+    state = trainer.state_dict()
+    model_state = state.pop("model")
+    save_checkpoint(directory / MODEL_FILE, trainer.model, meta={"epoch": trainer.epoch, "valid": trainer.best_valid})
+    torch.save(state, directory / STATE_FILE)
+    del model_state
+
+
+def restore_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
+    payload = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    trainer.load_state_dict({**state, "model": payload["state_dict"]})
+
+
+def run_trial(config: dict[str, Any], split: Split) -> None:
+    """The function trainable: train one config, report every validated epoch, checkpoint improvements."""
+    train_config = TrainConfig.from_dict(config["trial"], where="trial")
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    trainer = Trainer(split, train_config)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            restore_trial_checkpoint(trainer, Path(directory))
+    while not trainer.finished:
+        report = trainer.run_epoch()
+        if report.valid is None:
+            continue
+        metrics = {
+            TIME_ATTR: report.epoch,
+            "model": train_config.model,
+            "train_seconds": report.train_seconds,
+            "valid_seconds": report.valid_seconds,
+            "best_epoch": trainer.best_epoch,
+            **{f"valid_{name}": report.valid[name] for name in METRICS},
+            **{f"best_valid_{name}": trainer.best_valid[name] for name in METRICS},
+        }
+        if not report.improved:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            write_trial_checkpoint(trainer, Path(directory))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How and where to run a study (the command line's choices)."""
+
+    storage: Path
+    name: str
+    verbose: int = 1
+
+
+def connect(address: str | None) -> str | None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine.
+
+    Returns the dashboard's URL when this call started or joined Ray and a dashboard runs.
+    """
+    if ray.is_initialized():
+        return None
+    try:
+        context = ray.init(address=address, logging_level="WARNING")
+    except ConnectionError as error:
+        raise RaycfError(
+            f"cannot reach a Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+            f"{str(error).splitlines()[0]}; check --address / RAY_ADDRESS, or unset both to start a local Ray"
+        ) from None
+    url = context.dashboard_url
+    return f"http://{url}" if url else None
+
+
+def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
+    """A Tuner for `study` whose trials share `split` through the object store."""
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    metric = metric_name(study.metric)
+    if study.scheduler.type == "asha":
+        scheduler = PerModelASHA(
+            time_attr=TIME_ATTR,
+            max_t=study.scheduler.max_t,
+            grace_period=study.scheduler.grace_period,
+            reduction_factor=study.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable_for(split, study_facts(study)),
+        param_space=study.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=study.mode,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=study.seed),
+            num_samples=study.num_samples,
+            max_concurrent_trials=study.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=options.name,
+            storage_path=str(options.storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            verbose=options.verbose,
+        ),
+    )
+
+
+def study_facts(study: Study) -> dict[str, Any]:
+    """What a resumed run and the leaderboard need to know of the study (written to study.json)."""
+    return {
+        "study_file": str(study.path),
+        "name": study.name,
+        "seed": study.seed,
+        "data": study.data.describe(),
+        "fractions": list(study.fractions),
+        "metric": study.metric,
+        "mode": study.mode,
+        "scheduler": study.scheduler.type,
+        "max_t": study.scheduler.max_t,
+        "cpus_per_trial": study.cpus_per_trial,
+        "gpus_per_trial": study.gpus_per_trial,
+        "num_samples": study.num_samples,
+        "models": [search.model for search in study.models],
+    }
+
+
+def trainable_for(split: Split, facts: dict[str, Any]) -> Any:
+    """run_trial with the split in the object store and the study's resources per trial."""
+    return tune.with_resources(
+        tune.with_parameters(run_trial, split=split),
+        {"cpu": facts["cpus_per_trial"], "gpu": facts["gpus_per_trial"]},
+    )
+
+
+def run_study(study: Study, options: TuneOptions) -> tuple[Path, pd.DataFrame]:
+    """Split once, run every trial, write the leaderboard; returns the run directory and leaderboard."""
+    run_dir = options.storage.expanduser().resolve() / options.name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RaycfError(f"{run_dir}: a run of that name exists; pick another --name, or --resume {run_dir}")
+    split = prepare_split(study.data, study.fractions, study.seed)
+    save_split(split, run_dir / SPLIT_DIR)
+    facts = study_facts(study)
+    (run_dir / STUDY_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    started = time.perf_counter()
+    results = build_tuner(study, split, replace(options, storage=run_dir.parent)).fit()
+    return run_dir, write_results(run_dir, facts, results, time.perf_counter() - started)
+
+
+def resume_study(run_dir: Path) -> tuple[Path, pd.DataFrame]:
+    """Continue an interrupted study: unfinished and errored trials go on from their last checkpoint."""
+    run_dir = run_dir.expanduser().resolve()
+    if not (run_dir / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(run_dir)):
+        raise RaycfError(f"{run_dir}: no raycf study to resume there; give the run directory that `raycf tune` printed")
+    facts = json.loads((run_dir / STUDY_FILE).read_text())
+    split = load_split(run_dir / SPLIT_DIR)
+    started = time.perf_counter()
+    tuner = tune.Tuner.restore(
+        str(run_dir), trainable=trainable_for(split, facts), resume_unfinished=True, resume_errored=True
+    )
+    results = tuner.fit()
+    return run_dir, write_results(run_dir, facts, results, time.perf_counter() - started)
+
+
+def stop_reason(row: dict[str, Any], patience: int, max_t: int) -> str:
+    """Why a trial ended: its own early stopping, the epoch limit, ASHA, or an error."""
+    if row["error"]:
+        return "error"
+    if row["epochs_run"] - row["best_epoch"] >= patience:
+        return "patience"
+    if row["epochs_run"] >= max_t:
+        return "max_t"
+    return "asha"
+
+
+def trial_table(facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame:
+    """One row per trial: its hyperparameters, best epoch, best validation metrics and checkpoint."""
+    rows = []
+    for result in results:
+        config = result.config["trial"]
+        metrics = result.metrics or {}
+        row = {
+            "trial_id": metrics.get("trial_id", Path(result.path).name),
+            "model": config["model"],
+            "epochs_run": int(metrics.get(TIME_ATTR, 0)),
+            "best_epoch": int(metrics.get("best_epoch", 0)),
+            **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan"))) for name in METRICS},
+            "checkpoint": str(Path(result.checkpoint.path) / MODEL_FILE) if result.checkpoint else None,
+            "error": str(result.error).splitlines()[0][:300] if result.error else None,
+            "config": json.dumps(config, sort_keys=True),
+            **{f"hp_{key}": value for key, value in config.items() if key != "model"},
+        }
+        row["stopped_by"] = stop_reason(row, config["patience"], facts["max_t"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_results(run_dir: Path, facts: dict[str, Any], results: tune.ResultGrid, seconds: float) -> pd.DataFrame:
+    """trials.parquet (all), leaderboard.parquet (best trial per model), best.json (best overall)."""
+    trials = trial_table(facts, results)
+    trials.to_parquet(run_dir / TRIALS_FILE, index=False)
+    key = metric_name(facts["metric"])
+    usable = trials[trials["checkpoint"].notna()]
+    if usable.empty:
+        raise RaycfError(f"{run_dir}: no trial finished an epoch with a checkpoint; see the errors in {TRIALS_FILE}")
+    ascending = facts["mode"] == "min"
+    ranked = usable.sort_values([key, "trial_id"], ascending=[ascending, True])
+    leaderboard = ranked.groupby("model", sort=False).head(1).reset_index(drop=True)
+    leaderboard.to_parquet(run_dir / LEADERBOARD_FILE, index=False)
+    best = leaderboard.iloc[0]
+    summary = {
+        "model": best["model"],
+        "trial_id": best["trial_id"],
+        "checkpoint": best["checkpoint"],
+        "best_epoch": int(best["best_epoch"]),
+        "valid": {name: float(best[f"valid_{name}"]) for name in METRICS},
+        "config": json.loads(best["config"]),
+        "metric": key,
+        "mode": facts["mode"],
+        "split": str(run_dir / SPLIT_DIR),
+        "trials": int(len(trials)),
+        "stopped_by": trials["stopped_by"].value_counts().to_dict(),
+        "seconds": round(seconds, 2),
+    }
+    (run_dir / BEST_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return leaderboard
+
+
+def format_leaderboard(leaderboard: pd.DataFrame) -> str:
+    """Best trial per model as a small table."""
+    columns = ["model", "trial_id", "best_epoch", *(f"valid_{name}" for name in METRICS)]
+    return leaderboard[columns].to_string(index=False, float_format=lambda value: f"{value:.4f}")

@@ -1,0 +1,95 @@
+"""`raycf tune` on a real local Ray: both models, ASHA per model, leaderboard, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raycf.cli import main
+from raycf.data.split import load_split
+from raycf.evaluate import evaluate_model, summarize
+from raycf.models.checkpoint import load_checkpoint
+from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
+
+
+def tune(args: list[str]) -> int:
+    try:
+        main(["tune", *args])
+    except SystemExit as exited:
+        return exited.code
+    return 0
+
+
+def test_study_runs_both_models_and_its_best_checkpoint_reproduces(ray_cluster, tiny_study, tmp_path, capsys):
+    assert tune([str(tiny_study), "--storage", str(tmp_path), "--name", "run"]) == 0
+    run_dir = tmp_path / "run"
+    out = capsys.readouterr().out
+    assert "valid_ndcg" in out and str(run_dir) in out
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    assert sorted(trials["model"].value_counts().items()) == [("autorec", 3), ("multvae", 3)]
+    assert trials["error"].isna().all()
+    stopped = trials[trials["stopped_by"] == "asha"]
+    assert len(stopped) >= 1 and (stopped["epochs_run"] < 12).all()
+    leaderboard = pd.read_parquet(run_dir / LEADERBOARD_FILE)
+    assert sorted(leaderboard["model"]) == ["autorec", "multvae"]
+    for _, row in leaderboard.iterrows():  # the best of each model is the max of its trials
+        assert row["valid_ndcg"] == trials[trials["model"] == row["model"]]["valid_ndcg"].max()
+    best = json.loads((run_dir / BEST_FILE).read_text())
+    assert best["valid"]["ndcg"] == leaderboard["valid_ndcg"].max()
+    split = load_split(run_dir / SPLIT_DIR)
+    model, meta = load_checkpoint(Path(best["checkpoint"]), expect_model=best["model"], expect_items=split.n_items)
+    assert meta["epoch"] == best["best_epoch"]
+    assert summarize(evaluate_model(model, split, "valid"))["ndcg"] == pytest.approx(best["valid"]["ndcg"], abs=1e-9)
+
+
+def test_interrupted_study_resumes_and_accounts_for_every_trial(ray_cluster, tiny_study, tmp_path):
+    run_dir = tmp_path / "run"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raycf", "tune", str(tiny_study), "--storage", str(tmp_path), "--name", "run",
+         "--address", ray_cluster.get_runtime_context().gcs_address, "--max-concurrent", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(run_dir.glob("run_trial_*/checkpoint_*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started, mid-study
+    driver.wait()
+    assert not (run_dir / TRIALS_FILE).exists(), "the study finished before it could be interrupted"
+    assert tune(["--resume", str(run_dir)]) == 0
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    assert len(trials) == 6 and trials["error"].isna().all()
+    assert set(trials["stopped_by"]) <= {"asha", "patience", "max_t"}
+    assert (run_dir / BEST_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("name: x\nmodels: {multvae: {}}\ndata: {dataset: synthetic}\nbogus: 1\n", "bogus"),
+        ("name: x\nmodels: {multvae: {}}\ndata: {dataset: synthetic}\nnum_samples: many\n", "num_samples"),
+        ("name: x\nmodels: {multvae: {search: {beta: {grid: []}}}}\ndata: {dataset: synthetic}\n", "grid"),
+        ("name: x\nmodels: {bpr: {}}\ndata: {dataset: synthetic}\n", "bpr"),
+        ("name: x\nmodels: {multvae: {}}\ndata: {ratings: missing.csv}\n", "missing.csv"),
+    ],
+)
+def test_bad_study_is_refused_before_ray_starts(tmp_path, content, expected):
+    study = tmp_path / "bad.yaml"
+    study.write_text(content)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "raycf", "tune", str(study), "--storage", str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml" in lines[0] and expected in lines[0]
+    assert "Traceback" not in done.stderr and "Ray" not in done.stdout
+    assert time.monotonic() - started < 30
+    assert not any(tmp_path.glob("*/tuner.pkl"))
