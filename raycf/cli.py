@@ -88,16 +88,18 @@ def cli() -> None:
 @click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items masked when ranking for the test metrics.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where to train: cuda needs a visible GPU.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="New directory for the run's outputs.")
 @click.option("--quiet", is_flag=True, help="No progress line per epoch.")
 def train_command(model: str, data: DataSpec, fractions: tuple[float, float, float], seed: int, mask: str,
-                  out: str, quiet: bool, **hyperparameters: Any) -> None:
+                  device: str, out: str, quiet: bool, **hyperparameters: Any) -> None:
     """Train one model on one split and write the split, the best checkpoint and metrics.json."""
     from raycf.config import TrainConfig
     from raycf.train import run_training
 
     config = TrainConfig.for_model(model, seed=seed, **hyperparameters)
-    summary = run_training(data, config, fractions=fractions, mask=mask, out=Path(out),
+    summary = run_training(data, config, fractions=fractions, mask=mask, out=Path(out), device=device,
                            progress=None if quiet else click.echo)
     click.echo(summary)
 

@@ -57,13 +57,14 @@ class TrainResult:
 class Trainer:
     """Owns the model, optimizer and random state of one run; its state can be saved and restored."""
 
-    def __init__(self, split: Split, config: TrainConfig) -> None:
+    def __init__(self, split: Split, config: TrainConfig, device: torch.device | str = "cpu") -> None:
         config.validate()
         self.split = split
         self.config = config
+        self.device = torch.device(device)
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            self.model = build_model(config, split.n_items)
+            self.model = build_model(config, split.n_items).to(self.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
         self.epoch = 0
@@ -87,7 +88,7 @@ class Trainer:
         order = torch.randperm(self.split.n_users, generator=self.generator).numpy()
         losses = []
         for start in range(0, len(order), self.config.batch_size):
-            batch = SparseBatch.from_csr(self.split.train[order[start : start + self.config.batch_size]])
+            batch = SparseBatch.from_csr(self.split.train[order[start : start + self.config.batch_size]], self.device)
             loss = self.model.loss(batch, self.step, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,7 +126,7 @@ class Trainer:
 
     def best_model(self) -> Recommender:
         """A copy of the model holding the best epoch's weights, in eval mode."""
-        model = build_model(self.config, self.split.n_items)
+        model = build_model(self.config, self.split.n_items).to(self.device)
         model.load_state_dict(self.best_state)
         return model.eval()
 
@@ -148,7 +149,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the model's device
         self.generator.set_state(state["generator"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_epoch, self.best_valid = state["best_epoch"], dict(state["best_valid"])
@@ -164,10 +165,15 @@ def format_epoch(config: TrainConfig, report: EpochReport) -> str:
     return line + f"  best {report.best_ndcg:.4f} @ {report.best_epoch}"
 
 
-def train(split: Split, config: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
+def train(
+    split: Split,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
     """Train until early stopping or `max_epochs`; `on_epoch` sees every epoch's report."""
     started = time.perf_counter()
-    trainer = Trainer(split, config)
+    trainer = Trainer(split, config, device)
     history = []
     while not trainer.finished:
         report = trainer.run_epoch()
@@ -192,6 +198,7 @@ def run_training(
     fractions: tuple[float, float, float],
     mask: str,
     out: Path,
+    device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> str:
     """Split, train, test and write `out/` (split/, checkpoint.pt, metrics.json); returns a summary.
@@ -203,9 +210,11 @@ def run_training(
         raise RaycfError(f"{out}: output directory exists and is not empty; choose a new --out or remove it")
     if mask not in MASK_PROTOCOLS:
         raise RaycfError(f"mask must be one of {', '.join(MASK_PROTOCOLS)}, got {mask!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RaycfError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
     split = prepare_split(data, fractions, config.seed)
     on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report)))
-    result = train(split, config, on_epoch=on_epoch)
+    result = train(split, config, on_epoch=on_epoch, device=device)
     test = summarize(evaluate_model(result.model, split, "test", mask=mask, k=K))
     metrics = {
         "model": config.model,

@@ -58,9 +58,10 @@ def restore_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
 def run_trial(config: dict[str, Any], split: Split) -> None:
     """The function trainable: train one config, report every validated epoch, checkpoint improvements."""
     train_config = TrainConfig.from_dict(config["trial"], where="trial")
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
-    trainer = Trainer(split, train_config)
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
+    device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+    trainer = Trainer(split, train_config, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

@@ -67,3 +67,11 @@ def test_restored_state_continues_exactly_as_an_uninterrupted_run(small_split: S
     tail = [resumed.run_epoch() for _ in range(3)]
     assert [r.loss for r in tail] == [r.loss for r in reports[3:]]
     assert resumed.best_epoch == straight.best_epoch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch on this machine")
+def test_gpu_training_matches_cpu_quality(small_split: Split) -> None:
+    config = TrainConfig.for_model("multvae", hidden=16, max_epochs=8)
+    on_gpu, on_cpu = train(small_split, config, device="cuda"), train(small_split, config)
+    assert next(on_gpu.model.parameters()).is_cuda
+    assert on_gpu.best_valid["ndcg"] == pytest.approx(on_cpu.best_valid["ndcg"], abs=0.02)

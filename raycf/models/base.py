@@ -30,13 +30,13 @@ class SparseBatch:
     n_items: int
 
     @classmethod
-    def from_csr(cls, matrix: csr_matrix) -> SparseBatch:
+    def from_csr(cls, matrix: csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
         counts = np.diff(matrix.indptr)
         return cls(
-            indices=torch.from_numpy(matrix.indices.astype(np.int64, copy=False)),
-            offsets=torch.from_numpy(matrix.indptr[:-1].astype(np.int64, copy=False)),
-            values=torch.from_numpy(matrix.data.astype(np.float32, copy=False)),
-            rows=torch.from_numpy(np.repeat(np.arange(matrix.shape[0], dtype=np.int64), counts)),
+            indices=torch.from_numpy(matrix.indices.astype(np.int64, copy=False)).to(device),
+            offsets=torch.from_numpy(matrix.indptr[:-1].astype(np.int64, copy=False)).to(device),
+            values=torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device),
+            rows=torch.from_numpy(np.repeat(np.arange(matrix.shape[0], dtype=np.int64), counts)).to(device),
             size=matrix.shape[0],
             n_items=matrix.shape[1],
         )
@@ -45,7 +45,7 @@ class SparseBatch:
         """The entries scaled so each row has unit L2 norm ("l2") or as they are ("none")."""
         if normalize == "none":
             return self.values
-        squared = torch.zeros(self.size).index_add_(0, self.rows, self.values.square())
+        squared = torch.zeros(self.size, device=self.values.device).index_add_(0, self.rows, self.values.square())
         return self.values * squared.clamp_min(1e-12).rsqrt()[self.rows]
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
@@ -59,10 +59,13 @@ def sparse_linear(batch: SparseBatch, values: torch.Tensor, weight: torch.Tensor
 
 
 def input_dropout(values: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Inverted dropout on the stored entries (the zeros of a sparse input stay zero anyway)."""
+    """Inverted dropout on the stored entries (the zeros of a sparse input stay zero anyway).
+
+    The mask is drawn on the CPU `generator` whatever the device, so a seed gives the same masks.
+    """
     if rate == 0.0:
         return values
-    keep = torch.rand(values.shape, generator=generator) >= rate
+    keep = torch.rand(values.shape, generator=generator).to(values.device) >= rate
     return values * keep / (1.0 - rate)
 
 

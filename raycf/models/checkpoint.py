@@ -24,7 +24,7 @@ def save_checkpoint(path: Path, model: Recommender, meta: dict[str, Any] | None 
         "model": model.name,
         "n_items": model.n_items,
         "config": model.config.to_dict(),
-        "state_dict": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
+        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
         "meta": meta or {},
     }
     path = Path(path)

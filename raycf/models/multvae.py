@@ -38,7 +38,7 @@ class MultVAE(Recommender):
         values = input_dropout(batch.normalized_values(self.config.normalize), self.config.dropout, generator)
         mu, logvar = self.encode(batch, values)
         std = torch.exp(0.5 * logvar)
-        z = mu + torch.randn(std.shape, generator=generator) * std
+        z = mu + torch.randn(std.shape, generator=generator).to(std.device) * std
         log_probs = torch.log_softmax(self.decoder(z), dim=1)
         nll = -(batch.gather(log_probs) * batch.values).sum() / batch.size
         kl = 0.5 * (-logvar + mu.square() + logvar.exp() - 1.0).sum() / batch.size
