@@ -36,10 +36,11 @@ def main() -> None:
     parser.add_argument("--storage", default=None, help="default: a temporary directory")
     args = parser.parse_args()
     study = apply_overrides(load_study(args.study, check_ratings=args.ratings is None), ratings=args.ratings)
-    storage = Path(args.storage or tempfile.mkdtemp(prefix="raycf-bench-"))
+    storage = args.storage or tempfile.mkdtemp(prefix="raycf-bench-")
     connect(None)
     started = time.perf_counter()
-    run_dir, _ = run_study(study, TuneOptions(storage=storage, name=study.name, verbose=0))
+    run_uri, _ = run_study(study, TuneOptions(storage=storage, name=study.name, verbose=0))
+    run_dir = Path(run_uri)
     wall = time.perf_counter() - started
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
     timings = [trial_timings(next(run_dir.glob(f"*{trial_id}*"))) for trial_id in trials["trial_id"]]

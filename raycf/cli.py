@@ -106,10 +106,11 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 
 @cli.command("tune")
 @click.argument("study_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--resume", "resume_dir", default=None,
               help="Continue the interrupted study in this run directory.")
 @click.option("--storage", default="runs", show_default=True,
-              help="Where run directories live (a path every node can reach on a cluster).")
+              help="Where run directories live: a local path, or a URI pyarrow understands (s3://...); "
+                   "on a cluster, a place every node can reach.")
 @click.option("--name", default=None, help="Run directory name. Default: the study's name and a timestamp.")
 @click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Samples per search-space point.")
@@ -140,10 +141,10 @@ def tune_command(study_file: str | None, resume_dir: str | None, storage: str, n
     if dashboard:
         click.echo(f"Ray dashboard: {dashboard}")
     if study is None:
-        run_dir, leaderboard = tuning.resume_study(Path(resume_dir))
+        run_dir, leaderboard = tuning.resume_study(resume_dir)
     else:
         run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, leaderboard = tuning.run_study(study, tuning.TuneOptions(storage=Path(storage), name=run_name))
+        run_dir, leaderboard = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name))
     click.echo(tuning.format_leaderboard(leaderboard))
     click.echo(f"run directory: {run_dir} (best.json, leaderboard.parquet, trials.parquet)")
 

@@ -22,6 +22,7 @@ from raycf.data.split import Split, load_split, save_split
 from raycf.errors import RaycfError
 from raycf.metrics import METRICS
 from raycf.models.checkpoint import save_checkpoint
+from raycf.storage import Location, parquet_bytes
 from raycf.study import Study
 from raycf.train import Trainer
 
@@ -43,10 +44,9 @@ def metric_name(study_metric: str) -> str:
 def write_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
     """model.pt (a raycf checkpoint of the current, best weights) + trainer.pt (the rest of the state)."""
     state = trainer.state_dict()
-    model_state = state.pop("model")
+    del state["model"]  # model.pt holds the weights
     save_checkpoint(directory / MODEL_FILE, trainer.model, meta={"epoch": trainer.epoch, "valid": trainer.best_valid})
     torch.save(state, directory / STATE_FILE)
-    del model_state
 
 
 def restore_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
@@ -91,7 +91,8 @@ def run_trial(config: dict[str, Any], split: Split) -> None:
 class TuneOptions:
     """How and where to run a study (the command line's choices)."""
 
-    storage: Path
+    storage: str
+    """A local directory or a URI pyarrow understands."""
     name: str
     verbose: int = 1
 
@@ -112,6 +113,11 @@ def connect(address: str | None) -> str | None:
         ) from None
     url = context.dashboard_url
     return f"http://{url}" if url else None
+
+
+# A trial checkpoints at every improving epoch and keeps one checkpoint, which makes Tune snapshot its
+# experiment state each time (so that --resume never points at a deleted checkpoint): that is intended.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
@@ -177,33 +183,36 @@ def trainable_for(split: Split, facts: dict[str, Any]) -> Any:
     )
 
 
-def run_study(study: Study, options: TuneOptions) -> tuple[Path, pd.DataFrame]:
+def run_study(study: Study, options: TuneOptions) -> tuple[str, pd.DataFrame]:
     """Split once, run every trial, write the leaderboard; returns the run directory and leaderboard."""
-    run_dir = options.storage.expanduser().resolve() / options.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RaycfError(f"{run_dir}: a run of that name exists; pick another --name, or --resume {run_dir}")
+    location = Location.of(str(options.storage), options.name)
+    if location.is_used():
+        raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
     split = prepare_split(study.data, study.fractions, study.seed)
-    save_split(split, run_dir / SPLIT_DIR)
     facts = study_facts(study)
-    (run_dir / STUDY_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    with tempfile.TemporaryDirectory() as staging:
+        save_split(split, Path(staging) / SPLIT_DIR)
+        (Path(staging) / STUDY_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+        location.put_directory(Path(staging))
     started = time.perf_counter()
-    results = build_tuner(study, split, replace(options, storage=run_dir.parent)).fit()
-    return run_dir, write_results(run_dir, facts, results, time.perf_counter() - started)
+    results = build_tuner(study, split, replace(options, storage=location.parent_uri)).fit()
+    return location.uri, write_results(location, facts, results, time.perf_counter() - started)
 
 
-def resume_study(run_dir: Path) -> tuple[Path, pd.DataFrame]:
+def resume_study(run_dir: str) -> tuple[str, pd.DataFrame]:
     """Continue an interrupted study: unfinished and errored trials go on from their last checkpoint."""
-    run_dir = run_dir.expanduser().resolve()
-    if not (run_dir / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(run_dir)):
+    location = Location.of(run_dir, "")
+    if not location.has(STUDY_FILE) or not tune.Tuner.can_restore(location.uri):
         raise RaycfError(f"{run_dir}: no raycf study to resume there; give the run directory that `raycf tune` printed")
-    facts = json.loads((run_dir / STUDY_FILE).read_text())
-    split = load_split(run_dir / SPLIT_DIR)
+    facts = json.loads(location.read_bytes(STUDY_FILE))
+    with tempfile.TemporaryDirectory() as local:
+        split = load_split(location.get_directory(SPLIT_DIR, Path(local)))
     started = time.perf_counter()
     tuner = tune.Tuner.restore(
-        str(run_dir), trainable=trainable_for(split, facts), resume_unfinished=True, resume_errored=True
+        location.uri, trainable=trainable_for(split, facts), resume_unfinished=True, resume_errored=True
     )
     results = tuner.fit()
-    return run_dir, write_results(run_dir, facts, results, time.perf_counter() - started)
+    return location.uri, write_results(location, facts, results, time.perf_counter() - started)
 
 
 def stop_reason(row: dict[str, Any], patience: int, max_t: int) -> str:
@@ -217,7 +226,7 @@ def stop_reason(row: dict[str, Any], patience: int, max_t: int) -> str:
     return "asha"
 
 
-def trial_table(facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame:
+def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame:
     """One row per trial: its hyperparameters, best epoch, best validation metrics and checkpoint."""
     rows = []
     for result in results:
@@ -229,7 +238,7 @@ def trial_table(facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame
             "epochs_run": int(metrics.get(TIME_ATTR, 0)),
             "best_epoch": int(metrics.get("best_epoch", 0)),
             **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan"))) for name in METRICS},
-            "checkpoint": str(Path(result.checkpoint.path) / MODEL_FILE) if result.checkpoint else None,
+            "checkpoint": location.uri_of(f"{result.checkpoint.path}/{MODEL_FILE}") if result.checkpoint else None,
             "error": str(result.error).splitlines()[0][:300] if result.error else None,
             "config": json.dumps(config, sort_keys=True),
             **{f"hp_{key}": value for key, value in config.items() if key != "model"},
@@ -239,18 +248,18 @@ def trial_table(facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def write_results(run_dir: Path, facts: dict[str, Any], results: tune.ResultGrid, seconds: float) -> pd.DataFrame:
+def write_results(location: Location, facts: dict[str, Any], results: tune.ResultGrid, seconds: float) -> pd.DataFrame:
     """trials.parquet (all), leaderboard.parquet (best trial per model), best.json (best overall)."""
-    trials = trial_table(facts, results)
-    trials.to_parquet(run_dir / TRIALS_FILE, index=False)
+    trials = trial_table(location, facts, results)
+    location.write_bytes(TRIALS_FILE, parquet_bytes(trials))
     key = metric_name(facts["metric"])
     usable = trials[trials["checkpoint"].notna()]
     if usable.empty:
-        raise RaycfError(f"{run_dir}: no trial finished an epoch with a checkpoint; see the errors in {TRIALS_FILE}")
+        raise RaycfError(f"{location.uri}: no trial finished an epoch with a checkpoint; see the errors in {TRIALS_FILE}")
     ascending = facts["mode"] == "min"
     ranked = usable.sort_values([key, "trial_id"], ascending=[ascending, True])
     leaderboard = ranked.groupby("model", sort=False).head(1).reset_index(drop=True)
-    leaderboard.to_parquet(run_dir / LEADERBOARD_FILE, index=False)
+    location.write_bytes(LEADERBOARD_FILE, parquet_bytes(leaderboard))
     best = leaderboard.iloc[0]
     summary = {
         "model": best["model"],
@@ -261,12 +270,12 @@ def write_results(run_dir: Path, facts: dict[str, Any], results: tune.ResultGrid
         "config": json.loads(best["config"]),
         "metric": key,
         "mode": facts["mode"],
-        "split": str(run_dir / SPLIT_DIR),
+        "split": f"{location.uri}/{SPLIT_DIR}",
         "trials": int(len(trials)),
         "stopped_by": trials["stopped_by"].value_counts().to_dict(),
         "seconds": round(seconds, 2),
     }
-    (run_dir / BEST_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    location.write_bytes(BEST_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return leaderboard
 
 

@@ -93,3 +93,12 @@ def test_bad_study_is_refused_before_ray_starts(tmp_path, content, expected):
     assert "Traceback" not in done.stderr and "Ray" not in done.stdout
     assert time.monotonic() - started < 30
     assert not any(tmp_path.glob("*/tuner.pkl"))
+
+
+def test_storage_uri_holds_the_whole_run(ray_cluster, tiny_study, tmp_path):
+    storage = (tmp_path / "bucket").as_uri()  # file:///...: the pyarrow filesystem path, as for s3://
+    assert tune([str(tiny_study), "--storage", storage, "--name", "remote", "--num-samples", "1"]) == 0
+    run_dir = tmp_path / "bucket" / "remote"
+    best = json.loads((run_dir / BEST_FILE).read_text())
+    assert best["checkpoint"].startswith("file:///") and best["split"] == f"{storage}/remote/{SPLIT_DIR}"
+    assert (run_dir / SPLIT_DIR / "manifest.json").is_file() and (run_dir / LEADERBOARD_FILE).is_file()
