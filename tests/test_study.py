@@ -55,7 +55,9 @@ def test_ml1m_reference_loads_and_expands() -> None:
     autorec = [c for c in configs if c.model == "autorec"]
     assert sorted(c.anneal_steps for c in vae) == [0, 20000]
     assert all(c.beta in (0.1, 0.2, 0.3) and c.dropout in (0.5, 0.6) and c.lr in (1e-3, 2e-3) for c in vae)
-    assert sorted(c.l2 for c in autorec) == [1e-4, 1e-3, 1e-2, 1e-1]
+    assert sorted((c.l2, c.normalize) for c in autorec) == [
+        (lam, norm) for lam in (1e-4, 1e-3, 1e-2, 1e-1) for norm in ("l2", "none")
+    ]
     assert all(c.hidden == 200 and c.patience == 50 and c.max_epochs == 300 for c in configs)
 
 
