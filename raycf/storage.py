@@ -61,6 +61,7 @@ class Location:
 
     def get_directory(self, name: str, local: Path) -> Path:
         """Copy `name` (a sub-directory) of this location into `local`/`name`."""
+        (local / name).mkdir(parents=True, exist_ok=True)
         pafs.copy_files(f"{self.path}/{name}", str(local / name), source_filesystem=self.filesystem,
                         destination_filesystem=pafs.LocalFileSystem())
         return local / name
