@@ -35,10 +35,6 @@ class Location:
     def parent_uri(self) -> str:
         return self.uri.rsplit("/", 1)[0]
 
-    @property
-    def name(self) -> str:
-        return self.uri.rsplit("/", 1)[1]
-
     def uri_of(self, path: str) -> str:
         """The URI (or local path) of a `path` on this location's filesystem."""
         return path if "://" not in self.uri else f"{self.uri.split('://', 1)[0]}://{path}"

@@ -185,7 +185,7 @@ def trainable_for(split: Split, facts: dict[str, Any]) -> Any:
 
 def run_study(study: Study, options: TuneOptions) -> tuple[str, pd.DataFrame]:
     """Split once, run every trial, write the leaderboard; returns the run directory and leaderboard."""
-    location = Location.of(str(options.storage), options.name)
+    location = Location.of(options.storage, options.name)
     if location.is_used():
         raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
     split = prepare_split(study.data, study.fractions, study.seed)
