@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import click
 from raycf.config import MODEL_NAMES, NORMALIZATIONS
 from raycf.data.source import DataSpec
 from raycf.errors import RaycfError
-from raycf.metrics import MASK_PROTOCOLS
+from raycf.metrics import MASK_PROTOCOLS, METRICS
 
 EXIT_BAD_INPUT = 2
 
@@ -147,6 +148,42 @@ def tune_command(study_file: str | None, resume_dir: str | None, storage: str, n
         run_dir, leaderboard = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name))
     click.echo(tuning.format_leaderboard(leaderboard))
     click.echo(f"run directory: {run_dir} (best.json, leaderboard.parquet, trials.parquet)")
+
+
+@cli.command("score")
+@click.argument("run_dir")
+@click.option("--model", "model_name", default=None, help="Score the best trial of this model (a tune run).")
+@click.option("--trial", default=None, help="Score this trial id (a tune run).")
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="List length.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Users per batch.")
+@click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Scorer actors.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray).")
+@click.option("--out", default=None, help="Output directory, path or URI. Default: RUN_DIR/scores.")
+@click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
+              help="Items never recommended: the user's train items, or train and validation items.")
+@click.option("--users", type=click.Path(dir_okay=False), default=None,
+              help="Score only these users: a file of raw user ids, one per line.")
+def score_command(run_dir: str, model_name: str | None, trial: str | None, address: str | None,
+                  **options: Any) -> None:
+    """Score every user of RUN_DIR's split with its best checkpoint (Ray Data) and write Parquet."""
+    from raycf.score import ScoreOptions, run_scoring
+    from raycf.tune import connect
+
+    if model_name is not None and trial is not None:
+        raise click.UsageError("--model and --trial exclude each other: give one")
+    score_options = ScoreOptions(**options)
+    dashboard = connect(address)
+    if dashboard:
+        click.echo(f"Ray dashboard: {dashboard}")
+    out = run_scoring(run_dir, score_options, model=model_name, trial=trial)
+    summary = json.loads(Path(out, "summary.json").read_text()) if "://" not in out else {}
+    if summary:
+        click.echo(" ".join(f"{name}@{summary['k']} {summary[name]:.4f}" for name in METRICS)
+                   + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
+                   f"{summary['users_per_second']:.0f} users/s)")
+    click.echo(f"scores: {out} (topk/, user_metrics/, summary.parquet, summary.json)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,12 +27,17 @@ def small_split() -> Split:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One real local Ray for the whole test session, 2 CPUs, no dashboard."""
+    """One real Ray for the whole test session: two simulated nodes of 1 CPU each, no dashboard."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", configure_logging=False)
     yield ray
     ray.shutdown()
+    cluster.shutdown()
 
 
 TINY_STUDY = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -40,25 +41,32 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass a checkpoint file or a run directory holding one")
+    return checkpoint_from_bytes(path.read_bytes(), str(path), expect_model=expect_model, expect_items=expect_items)
+
+
+def checkpoint_from_bytes(
+    data: bytes, where: str, *, expect_model: str | None = None, expect_items: int | None = None
+) -> tuple[Recommender, dict[str, Any]]:
+    """As `load_checkpoint`, from the file's bytes (read from any storage, or from Ray's object store)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable raycf checkpoint ({reason[:160]})") from None
+        raise CheckpointError(f"{where}: not a readable raycf checkpoint ({reason[:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a raycf checkpoint (format {CHECKPOINT_FORMAT} expected)")
+        raise CheckpointError(f"{where}: not a raycf checkpoint (format {CHECKPOINT_FORMAT} expected)")
     if expect_model is not None and payload["model"] != expect_model:
-        raise CheckpointError(f"{path}: checkpoint holds a {payload['model']} model, not {expect_model}")
+        raise CheckpointError(f"{where}: checkpoint holds a {payload['model']} model, not {expect_model}")
     if expect_items is not None and payload["n_items"] != expect_items:
         raise CheckpointError(
-            f"{path}: checkpoint was trained on {payload['n_items']} items but this split has {expect_items}; "
+            f"{where}: checkpoint was trained on {payload['n_items']} items but this split has {expect_items}; "
             "score it with the split it was trained on"
         )
     try:
-        config = TrainConfig.from_dict(payload["config"], where=str(path))
+        config = TrainConfig.from_dict(payload["config"], where=where)
         model = build_model(config, payload["n_items"])
         model.load_state_dict(payload["state_dict"])
     except (RaycfError, RuntimeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path}: checkpoint does not fit its model ({str(error).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{where}: checkpoint does not fit its model ({str(error).splitlines()[0][:160]})") from None
     model.eval()
     return model, payload["meta"]

@@ -1,0 +1,308 @@
+"""`raycf score`: a Ray Data batch job that ranks every user's unseen items with one checkpoint.
+
+The users (raw id and their train / validation / test item lists) form a Ray dataset; a pool of scorer
+actors, each holding the model (sent once through the object store), turns batches of users into their
+top-k lists and test metrics. Outputs are written under a temporary name and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+import torch
+from scipy.sparse import csr_matrix
+
+from raycf.data.split import Split, load_split
+from raycf.errors import RaycfError
+from raycf.metrics import MASK_PROTOCOLS, METRICS, hits_at_k, top_k, user_metrics
+from raycf.models import SparseBatch
+from raycf.models.checkpoint import checkpoint_from_bytes
+from raycf.storage import Location, parquet_bytes
+from raycf.train import CHECKPOINT_NAME
+from raycf.tune import BEST_FILE, LEADERBOARD_FILE, MODEL_FILE, SPLIT_DIR, TRIALS_FILE
+
+TOPK_DIR = "topk"
+USER_METRICS_DIR = "user_metrics"
+SUMMARY_FILES = ("summary.parquet", "summary.json")
+USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
+
+
+@dataclass(frozen=True)
+class ScoreTarget:
+    """The checkpoint to score and the run it belongs to."""
+
+    checkpoint: str
+    """Path or URI of a raycf checkpoint file."""
+    run: Location
+    """The run directory holding `split/`."""
+    trial_id: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _trial_row(run: Location, file: str, column: str, value: str) -> pd.Series:
+    if not run.has(file):
+        raise RaycfError(f"{run.uri}: no {file}; the study has no finished trial yet (finish it with --resume)")
+    table = pd.read_parquet(pa.BufferReader(run.read_bytes(file)))
+    rows = table[(table[column] == value) & table["checkpoint"].notna()]
+    if rows.empty:
+        known = ", ".join(sorted(table[column].astype(str).unique()))
+        raise RaycfError(f"{run.uri}/{file}: no scored {column} {value!r}; known: {known}")
+    return rows.iloc[0]
+
+
+def resolve_target(run_dir: str, model: str | None = None, trial: str | None = None) -> ScoreTarget:
+    """A tune run (best.json, or --model / --trial), a `raycf train` directory, or a trial checkpoint dir."""
+    run = Location.of(run_dir, "")
+    if run.has(BEST_FILE) or run.has("study.json"):
+        if trial is not None:
+            row = _trial_row(run, TRIALS_FILE, "trial_id", trial)
+        elif model is not None:
+            row = _trial_row(run, LEADERBOARD_FILE, "model", model)
+        elif run.has(BEST_FILE):
+            best = json.loads(run.read_bytes(BEST_FILE))
+            return ScoreTarget(best["checkpoint"], run, best["trial_id"])
+        else:
+            raise RaycfError(f"{run_dir}: no {BEST_FILE}: the study has no finished trial; finish it with "
+                             f"`raycf tune --resume {run_dir}`")
+        return ScoreTarget(row["checkpoint"], run, row["trial_id"])
+    if model is not None or trial is not None:
+        raise RaycfError(f"{run_dir}: --model and --trial choose among the trials of a `raycf tune` run")
+    if run.has(CHECKPOINT_NAME) and run.has(SPLIT_DIR):
+        return ScoreTarget(f"{run.uri}/{CHECKPOINT_NAME}", run)
+    if run.has(MODEL_FILE):
+        parent = Location.of(run.parent_uri, "")
+        return ScoreTarget(f"{run.uri}/{MODEL_FILE}", Location.of(parent.parent_uri, ""), Path(parent.uri).name)
+    raise RaycfError(f"{run_dir}: not a run directory: expected {BEST_FILE} (raycf tune), {CHECKPOINT_NAME} and "
+                     f"{SPLIT_DIR}/ (raycf train), or {MODEL_FILE} (a trial checkpoint)")
+
+
+def read_bytes(uri: str) -> bytes:
+    """A whole file from a local path or a URI; RaycfError naming it when it cannot be read."""
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri if "://" in uri else Path(uri).resolve().as_uri())
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except (OSError, pa.ArrowInvalid) as error:
+        raise RaycfError(f"{uri}: cannot read the checkpoint ({str(error).splitlines()[0]})") from None
+
+
+def list_column(matrix: csr_matrix) -> pa.Array:
+    """CSR rows as an Arrow list<int32> column (item indices)."""
+    return pa.ListArray.from_arrays(pa.array(matrix.indptr.astype(np.int32)), pa.array(matrix.indices.astype(np.int32)))
+
+
+def user_table(split: Split, rows: np.ndarray) -> pa.Table:
+    """One row per user: raw id and train / valid / test item indices."""
+    return pa.table({
+        "user_id": pa.array(split.user_ids[rows]),
+        "train": list_column(split.train[rows]),
+        "valid": list_column(split.valid[rows]),
+        "test": list_column(split.test[rows]),
+    })
+
+
+def select_users(split: Split, users_file: str | None) -> np.ndarray:
+    """Row indices of the users to score: all, or the raw ids listed one per line in `users_file`."""
+    if users_file is None:
+        return np.arange(split.n_users)
+    path = Path(users_file)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise RaycfError(f"{path}: cannot read the --users file ({error})") from None
+    kind = split.user_ids.dtype
+    try:
+        wanted = np.array(lines, dtype=kind if kind.kind in "iu" else object)
+    except ValueError:
+        raise RaycfError(f"{path}: user ids must be integers like the split's (e.g. {split.user_ids[0]})") from None
+    position = np.searchsorted(split.user_ids, wanted)
+    found = (position < split.n_users) & (split.user_ids[np.minimum(position, split.n_users - 1)] == wanted)
+    if not found.all():
+        first = int(np.flatnonzero(~found)[0])
+        raise RaycfError(f"{path}: line {first + 1}: unknown user id {lines[first]!r} "
+                         f"({int((~found).sum())} unknown); list users of the run's split")
+    return np.unique(position)
+
+
+def lists_to_csr(column: pa.ChunkedArray | pa.Array, n_items: int) -> csr_matrix:
+    """An Arrow list<int32> column back into a CSR of ones."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy()
+    indices = array.flatten().to_numpy()
+    data = np.ones(len(indices), dtype=np.float32)
+    return csr_matrix((data, indices, offsets - offsets[0]), shape=(len(array), n_items))
+
+
+class Scorer:
+    """Ray Data actor: holds the model; batch of users -> top-k lists and per-user test metrics."""
+
+    def __init__(self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, k: int, mask: str) -> None:
+        self.model, _ = checkpoint_from_bytes(ray.get(checkpoint[0]), "checkpoint")
+        resources = ray.get_runtime_context().get_assigned_resources()
+        torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
+        self.device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.item_ids, self.k, self.mask = item_ids, k, mask
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n_items = len(self.item_ids)
+        train = lists_to_csr(batch["train"], n_items)
+        test = lists_to_csr(batch["test"], n_items)
+        known = train if self.mask == "train" else (train + lists_to_csr(batch["valid"], n_items)).tocsr()
+        with torch.no_grad():
+            scores = self.model.scores(SparseBatch.from_csr(train, self.device))
+            top = top_k(scores, known, self.k)
+            top_scores = scores.gather(1, top.clamp_min(0)).cpu().numpy()
+        top = top.cpu().numpy()
+        hits = hits_at_k(top, test)
+        n_test = np.diff(test.indptr)
+        per_user = user_metrics(hits, n_test, self.k)
+        valid_slot = top >= 0
+        lengths = valid_slot.sum(axis=1)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        return pa.table({
+            "user_id": batch["user_id"],
+            "n_test": pa.array(n_test.astype(np.int32)),
+            "hits": pa.array(hits.sum(axis=1).astype(np.int32)),
+            **{name: pa.array(per_user[name]) for name in METRICS},
+            "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(self.item_ids[top[valid_slot]])),
+            "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(top_scores[valid_slot].astype(np.float32))),
+            "node_id": pa.array([self.node_id] * batch.num_rows),
+        })
+
+
+def explode_topk(batch: pa.Table) -> pa.Table:
+    """Per-user lists -> one row per (user, rank)."""
+    items = batch["items"].combine_chunks()
+    lengths = np.diff(items.offsets.to_numpy())
+    ranks = np.concatenate([np.arange(1, n + 1) for n in lengths]) if len(lengths) else np.array([], dtype=int)
+    return pa.table({
+        "user_id": pa.array(np.repeat(batch["user_id"].to_numpy(), lengths)),
+        "rank": pa.array(ranks.astype(np.int16)),
+        "item_id": items.flatten(),
+        "score": batch["scores"].combine_chunks().flatten(),
+    })
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    out: str | None = None
+    """Output directory (path or URI); default RUN_DIR/scores."""
+    k: int = 5
+    batch_size: int = 1024
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    mask: str = "train"
+    users: str | None = None
+
+
+def summarize_scores(metrics: pd.DataFrame, k: int) -> dict[str, Any]:
+    """Means over users with at least one test item, and who was left out of them and why."""
+    evaluated = metrics[metrics["n_test"] > 0]
+    return {
+        **{name: float(evaluated[name].mean()) for name in METRICS},
+        "k": k,
+        "users_scored": int(len(metrics)),
+        "users_evaluated": int(len(evaluated)),
+        "users_skipped": {"no_test_items": int(len(metrics) - len(evaluated))},
+    }
+
+
+def replace_directory(location: Location, staging: str, final: str) -> None:
+    """Move `staging` to `final`, replacing an older output there (the old one is removed after)."""
+    filesystem = location.filesystem
+    old = None
+    if filesystem.get_file_info(final).type != pafs.FileType.NotFound:
+        old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+        filesystem.move(final, old)
+    filesystem.move(staging, final)
+    if old is not None:
+        filesystem.delete_dir(old)
+
+
+def run_scoring(run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None) -> str:
+    """Score every selected user once and write topk/, user_metrics/ and the summary; returns the output."""
+    if options.mask not in MASK_PROTOCOLS:
+        raise RaycfError(f"--mask must be one of {', '.join(MASK_PROTOCOLS)}, got {options.mask!r}")
+    target = resolve_target(run_dir, model, trial)
+    with tempfile.TemporaryDirectory() as local:
+        if not target.run.has(f"{SPLIT_DIR}/manifest.json"):
+            raise RaycfError(f"{target.run.uri}: no {SPLIT_DIR}/ beside the checkpoint; score a run directory")
+        split = load_split(target.run.get_directory(SPLIT_DIR, Path(local)))
+    checkpoint_bytes = read_bytes(target.checkpoint)
+    scored_model, meta = checkpoint_from_bytes(checkpoint_bytes, target.checkpoint, expect_items=split.n_items)
+    rows = select_users(split, options.users)
+    out = Location.of(options.out or f"{target.run.uri}/scores", "")
+    staging = f"{out.path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        out.filesystem.create_dir(staging, recursive=True)
+    except OSError as error:
+        raise RaycfError(f"{out.uri}: cannot write the output there ({error}); choose another --out") from None
+    started = time.perf_counter()
+    try:
+        summary = _score(split, rows, checkpoint_bytes, options, out.uri_of(staging))
+        seconds = time.perf_counter() - started
+        summary.update({
+            "mask": options.mask,
+            "model": scored_model.name,
+            "trial_id": target.trial_id,
+            "hyperparameters": scored_model.config.to_dict(),
+            "checkpoint": target.checkpoint,
+            "checkpoint_epoch": meta.get("epoch"),
+            "dataset": split.manifest["source"],
+            "split_sha256": split.manifest["split_sha256"],
+            "seconds": round(seconds, 3),
+            "users_per_second": round(summary["users_scored"] / seconds, 1),
+            "actors": options.actors,
+        })
+        flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+                for key, value in summary.items()}
+        staged = Location(out.uri, out.filesystem, staging)
+        staged.write_bytes("summary.parquet", parquet_bytes(pd.DataFrame([flat])))
+        staged.write_bytes("summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+        replace_directory(out, staging, out.path)
+    except BaseException:
+        if out.filesystem.get_file_info(staging).type != pafs.FileType.NotFound:
+            out.filesystem.delete_dir(staging)
+        raise
+    return out.uri
+
+
+def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staging: str) -> dict[str, Any]:
+    """The Ray Data pipeline: users -> scorer actor pool -> topk/ and user_metrics/ Parquet."""
+    table = user_table(split, rows)
+    block = max(options.batch_size, -(-table.num_rows // (4 * options.actors)))
+    users = ray.data.from_arrow([table.slice(start, block) for start in range(0, table.num_rows, block)])
+    scored = users.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "checkpoint": [ray.put(checkpoint)],
+            "item_ids": split.item_ids,
+            "k": options.k,
+            "mask": options.mask,
+        },
+        batch_size=options.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor,
+    ).materialize()
+    scored.select_columns(list(USER_METRIC_COLUMNS)).write_parquet(f"{staging}/{USER_METRICS_DIR}")
+    scored.map_batches(explode_topk, batch_format="pyarrow").write_parquet(f"{staging}/{TOPK_DIR}")
+    metrics = scored.select_columns(["n_test", *METRICS, "node_id"]).to_pandas()
+    summary = summarize_scores(metrics, options.k)
+    summary["nodes"] = sorted(metrics["node_id"].unique().tolist())
+    return summary
