@@ -13,6 +13,17 @@ from raycf.data.synthetic import generate_synthetic
 ML1M_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
 
 
+def run_raycf(*args: str) -> int:
+    """Run the `raycf` command in this process; its exit status (0 when it returns normally)."""
+    from raycf.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exited:
+        return exited.code
+    return 0
+
+
 def ml1m_path() -> Path:
     """ML-1M ratings from $RAYCF_ML1M (default ../shared/data/ml-1m/ratings.dat.gz)."""
     return Path(os.environ.get("RAYCF_ML1M", ML1M_DEFAULT))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raycf.cli import main
+from conftest import run_raycf
 from raycf.data.split import load_split
 from raycf.evaluate import evaluate_model, summarize
 from raycf.models.checkpoint import load_checkpoint
@@ -17,18 +17,8 @@ from raycf.models.checkpoint import load_checkpoint
 FAST = ["--hidden", "16", "--max-epochs", "4", "--quiet"]
 
 
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exited:
-        main(args)
-    return exited.value.code
-
-
 def train(out: Path, *extra: str) -> int:
-    try:
-        main(["train", "--model", "multvae", "--dataset", "synthetic", *FAST, *extra, "--out", str(out)])
-    except SystemExit as exited:
-        return exited.code
-    return 0
+    return run_raycf("train", "--model", "multvae", "--dataset", "synthetic", *FAST, *extra, "--out", str(out))
 
 
 def test_train_writes_split_checkpoint_and_metrics_that_agree(tmp_path: Path, capsys) -> None:
@@ -87,7 +77,7 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path: Path, capsys, content, arg
     ratings = tmp_path / "ratings.dat"
     if content is not None:
         ratings.write_text(content)
-    code = run_cli(["train", "--model", "autorec", "--ratings", str(ratings), *args, "--out", str(tmp_path / "o")])
+    code = run_raycf("train", "--model", "autorec", "--ratings", str(ratings), *args, "--out", str(tmp_path / "o"))
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert error.startswith("raycf: error:") and "\n" not in error and expected in error

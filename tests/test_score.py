@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raycf.cli import main
+from conftest import TINY_STUDY, run_raycf
 from raycf.config import TrainConfig
 from raycf.data.source import DataSpec
-from raycf.data.split import Split, load_split
+from raycf.data.split import load_split
 from raycf.evaluate import evaluate_model, summarize
 from raycf.metrics import METRICS, user_metrics
 from raycf.models.checkpoint import load_checkpoint
@@ -25,8 +25,6 @@ from raycf.tune import TuneOptions, run_study
 
 @pytest.fixture(scope="module")
 def tune_run(ray_cluster, tmp_path_factory) -> Path:
-    from conftest import TINY_STUDY
-
     root = tmp_path_factory.mktemp("score")
     (root / "tiny.yaml").write_text(TINY_STUDY)
     run_dir, _ = run_study(load_study(root / "tiny.yaml"), TuneOptions(storage=str(root), name="run", verbose=0))
@@ -116,11 +114,7 @@ def test_rerun_replaces_the_old_output(ray_cluster, train_run, tmp_path) -> None
 
 
 def score_cli(args: list[str]) -> int:
-    try:
-        main(["score", *args])
-    except SystemExit as exited:
-        return exited.code
-    return 0
+    return run_raycf("score", *args)
 
 
 def break_checkpoint_missing(run: Path, _: Path) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raycf.cli import main
+from conftest import run_raycf
 from raycf.data.split import load_split
 from raycf.evaluate import evaluate_model, summarize
 from raycf.models.checkpoint import load_checkpoint
@@ -21,11 +21,7 @@ from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
 
 
 def tune(args: list[str]) -> int:
-    try:
-        main(["tune", *args])
-    except SystemExit as exited:
-        return exited.code
-    return 0
+    return run_raycf("tune", *args)
 
 
 def test_study_runs_both_models_and_its_best_checkpoint_reproduces(ray_cluster, tiny_study, tmp_path, capsys):
