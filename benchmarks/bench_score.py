@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 
 from raycf.config import TrainConfig
 from raycf.data.loaders import read_interactions
@@ -45,8 +44,7 @@ def timed_scoring(run: Path, options: ScoreOptions) -> float:
 
 def single_process_rate(run: Path, split: Split, batch_size: int) -> float:
     """Users per second of the same Scorer in this process on one thread, batch after batch."""
-    torch.set_num_threads(1)
-    scorer = Scorer([ray.put((run / CHECKPOINT_NAME).read_bytes())], split.item_ids, 5, "train")
+    scorer = Scorer([ray.put((run / CHECKPOINT_NAME).read_bytes())], split.item_ids, 5, "train", 1, "cpu")
     table = user_table(split, np.arange(split.n_users))
     started = time.perf_counter()
     for start in range(0, table.num_rows, batch_size):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 import torch
 from scipy.sparse import csr_matrix
@@ -121,6 +122,8 @@ def select_users(split: Split, users_file: str | None) -> np.ndarray:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise RaycfError(f"{path}: cannot read the --users file ({error})") from None
+    if not lines:
+        raise RaycfError(f"{path}: no user ids in the --users file; list raw user ids, one per line")
     kind = split.user_ids.dtype
     try:
         wanted = np.array(lines, dtype=kind if kind.kind in "iu" else object)
@@ -147,12 +150,13 @@ def lists_to_csr(column: pa.ChunkedArray | pa.Array, n_items: int) -> csr_matrix
 class Scorer:
     """Ray Data actor: holds the model; batch of users -> top-k lists and per-user test metrics."""
 
-    def __init__(self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, k: int, mask: str) -> None:
+    def __init__(
+        self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, k: int, mask: str, threads: int, device: str
+    ) -> None:
         self.model, _ = checkpoint_from_bytes(ray.get(checkpoint[0]), "checkpoint")
-        resources = ray.get_runtime_context().get_assigned_resources()
-        torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
-        self.device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
-        self.model.to(self.device)
+        torch.set_num_threads(threads)
+        self.device = device
+        self.model.to(device)
         self.item_ids, self.k, self.mask = item_ids, k, mask
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -209,16 +213,34 @@ class ScoreOptions:
     users: str | None = None
 
 
-def summarize_scores(metrics: pd.DataFrame, k: int) -> dict[str, Any]:
-    """Means over users with at least one test item, and who was left out of them and why."""
-    evaluated = metrics[metrics["n_test"] > 0]
-    return {
-        **{name: float(evaluated[name].mean()) for name in METRICS},
-        "k": k,
-        "users_scored": int(len(metrics)),
-        "users_evaluated": int(len(evaluated)),
-        "users_skipped": {"no_test_items": int(len(metrics) - len(evaluated))},
-    }
+@dataclass
+class Tally:
+    """Running sums over the scored batches: users, users with a test item, metric sums, nodes."""
+
+    k: int
+    users: int = 0
+    evaluated: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0.0))
+    nodes: set[str] = field(default_factory=set)
+
+    def add(self, batch: pa.Table) -> None:
+        with_test = batch["n_test"].to_numpy() > 0
+        self.users += batch.num_rows
+        self.evaluated += int(with_test.sum())
+        for name in METRICS:
+            self.sums[name] += float(batch[name].to_numpy()[with_test].sum())
+        self.nodes.update(batch["node_id"].unique().to_pylist())
+
+    def summary(self) -> dict[str, Any]:
+        """Means over users with at least one test item, and who was left out of them and why."""
+        return {
+            **{name: self.sums[name] / self.evaluated if self.evaluated else float("nan") for name in METRICS},
+            "k": self.k,
+            "users_scored": self.users,
+            "users_evaluated": self.evaluated,
+            "users_skipped": {"no_test_items": self.users - self.evaluated},
+            "nodes": sorted(self.nodes),
+        }
 
 
 def replace_directory(location: Location, staging: str, final: str) -> None:
@@ -253,7 +275,8 @@ def run_scoring(run_dir: str, options: ScoreOptions, model: str | None = None, t
         raise RaycfError(f"{out.uri}: cannot write the output there ({error}); choose another --out") from None
     started = time.perf_counter()
     try:
-        summary = _score(split, rows, checkpoint_bytes, options, out.uri_of(staging))
+        staged = Location(out.uri, out.filesystem, staging)
+        summary = _score(split, rows, checkpoint_bytes, options, staged)
         seconds = time.perf_counter() - started
         summary.update({
             "mask": options.mask,
@@ -270,7 +293,6 @@ def run_scoring(run_dir: str, options: ScoreOptions, model: str | None = None, t
         })
         flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
                 for key, value in summary.items()}
-        staged = Location(out.uri, out.filesystem, staging)
         staged.write_bytes("summary.parquet", parquet_bytes(pd.DataFrame([flat])))
         staged.write_bytes("summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
         replace_directory(out, staging, out.path)
@@ -281,8 +303,11 @@ def run_scoring(run_dir: str, options: ScoreOptions, model: str | None = None, t
     return out.uri
 
 
-def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staging: str) -> dict[str, Any]:
-    """The Ray Data pipeline: users -> scorer actor pool -> topk/ and user_metrics/ Parquet."""
+def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staged: Location) -> dict[str, Any]:
+    """The Ray Data pipeline: users -> scorer actor pool -> streamed into topk/ and user_metrics/ Parquet.
+
+    The driver only ever holds one batch of top-k lists; the scores never leave the actors.
+    """
     table = user_table(split, rows)
     block = max(options.batch_size, -(-table.num_rows // (4 * options.actors)))
     users = ray.data.from_arrow([table.slice(start, block) for start in range(0, table.num_rows, block)])
@@ -293,16 +318,27 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
             "item_ids": split.item_ids,
             "k": options.k,
             "mask": options.mask,
+            "threads": max(1, int(options.cpus_per_actor)),
+            "device": "cuda" if options.gpus_per_actor > 0 else "cpu",
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor,
-    ).materialize()
-    scored.select_columns(list(USER_METRIC_COLUMNS)).write_parquet(f"{staging}/{USER_METRICS_DIR}")
-    scored.map_batches(explode_topk, batch_format="pyarrow").write_parquet(f"{staging}/{TOPK_DIR}")
-    metrics = scored.select_columns(["n_test", *METRICS, "node_id"]).to_pandas()
-    summary = summarize_scores(metrics, options.k)
-    summary["nodes"] = sorted(metrics["node_id"].unique().tolist())
-    return summary
+    )
+    tally = Tally(options.k)
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for name, part in ((USER_METRICS_DIR, batch.select(list(USER_METRIC_COLUMNS))), (TOPK_DIR, explode_topk(batch))):
+                if name not in writers:
+                    staged.filesystem.create_dir(f"{staged.path}/{name}", recursive=True)
+                    writers[name] = pq.ParquetWriter(f"{staged.path}/{name}/part-0.parquet", part.schema,
+                                                     filesystem=staged.filesystem)
+                writers[name].write_table(part)
+            tally.add(batch)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return tally.summary()
