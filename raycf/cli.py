@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -177,12 +176,10 @@ def score_command(run_dir: str, model_name: str | None, trial: str | None, addre
     dashboard = connect(address)
     if dashboard:
         click.echo(f"Ray dashboard: {dashboard}")
-    out = run_scoring(run_dir, score_options, model=model_name, trial=trial)
-    summary = json.loads(Path(out, "summary.json").read_text()) if "://" not in out else {}
-    if summary:
-        click.echo(" ".join(f"{name}@{summary['k']} {summary[name]:.4f}" for name in METRICS)
-                   + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
-                   f"{summary['users_per_second']:.0f} users/s)")
+    out, summary = run_scoring(run_dir, score_options, model=model_name, trial=trial)
+    click.echo(" ".join(f"{name}@{summary['k']} {summary[name]:.4f}" for name in METRICS)
+               + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
+               f"{summary['users_per_second']:.0f} users/s)")
     click.echo(f"scores: {out} (topk/, user_metrics/, summary.parquet, summary.json)")
 
 

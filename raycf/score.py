@@ -255,8 +255,12 @@ def replace_directory(location: Location, staging: str, final: str) -> None:
         filesystem.delete_dir(old)
 
 
-def run_scoring(run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None) -> str:
-    """Score every selected user once and write topk/, user_metrics/ and the summary; returns the output."""
+def run_scoring(
+    run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Score every selected user once and write topk/, user_metrics/ and the summary.
+
+    Returns the output's location and the summary."""
     if options.mask not in MASK_PROTOCOLS:
         raise RaycfError(f"--mask must be one of {', '.join(MASK_PROTOCOLS)}, got {options.mask!r}")
     target = resolve_target(run_dir, model, trial)
@@ -300,7 +304,7 @@ def run_scoring(run_dir: str, options: ScoreOptions, model: str | None = None, t
         if out.filesystem.get_file_info(staging).type != pafs.FileType.NotFound:
             out.filesystem.delete_dir(staging)
         raise
-    return out.uri
+    return out.uri, summary
 
 
 def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staged: Location) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def raw_sets(frame: pd.DataFrame) -> dict:
 
 
 def test_every_user_once_no_known_item_and_metrics_as_in_process(ray_cluster, tune_run, tmp_path) -> None:
-    out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s"), batch_size=64)))
+    out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s"), batch_size=64))[0])
     topk, metrics, summary = outputs(out)
     split = load_split(tune_run / "split")
     assert metrics["user_id"].is_unique and len(metrics) == split.n_users
@@ -69,7 +69,7 @@ def test_every_user_once_no_known_item_and_metrics_as_in_process(ray_cluster, tu
 
 
 def test_metrics_recomputed_from_topk_and_the_test_split_alone(ray_cluster, tune_run, tmp_path) -> None:
-    out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s"))))
+    out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s")))[0])
     topk, _, summary = outputs(out)
     test = raw_sets(pd.read_parquet(tune_run / "split" / "test.parquet"))
     users = sorted(topk["user_id"].unique())
@@ -82,8 +82,8 @@ def test_metrics_recomputed_from_topk_and_the_test_split_alone(ray_cluster, tune
 
 
 def test_two_nodes_share_the_work_and_give_the_one_node_output(ray_cluster, tune_run, tmp_path) -> None:
-    two = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "two"), actors=2, batch_size=32)))
-    one = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "one"), actors=1, batch_size=32)))
+    two = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "two"), actors=2, batch_size=32))[0])
+    one = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "one"), actors=1, batch_size=32))[0])
     (topk_two, metrics_two, summary_two), (topk_one, metrics_one, summary_one) = outputs(two), outputs(one)
     assert len(summary_two["nodes"]) == 2 and len(summary_one["nodes"]) == 1
     pd.testing.assert_frame_equal(topk_two, topk_one)
@@ -96,7 +96,7 @@ def test_mask_train_plus_valid_and_a_user_subset(ray_cluster, tune_run, tmp_path
     users_file = tmp_path / "users.txt"
     users_file.write_text("\n".join(str(user) for user in chosen) + "\n")
     out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s"), mask="train+valid",
-                                                       users=str(users_file))))
+                                                       users=str(users_file)))[0])
     topk, metrics, summary = outputs(out)
     assert sorted(metrics["user_id"]) == sorted(chosen) and summary["mask"] == "train+valid"
     valid = raw_sets(pd.read_parquet(tune_run / "split" / "valid.parquet"))
