@@ -39,7 +39,7 @@ def main() -> None:
     storage = args.storage or tempfile.mkdtemp(prefix="raycf-bench-")
     connect(None)
     started = time.perf_counter()
-    run_uri, _ = run_study(study, TuneOptions(storage=storage, name=study.name, verbose=0))
+    run_uri = run_study(study, TuneOptions(storage=storage, name=study.name, verbose=0)).run_dir
     run_dir = Path(run_uri)
     wall = time.perf_counter() - started
     trials = pd.read_parquet(run_dir / TRIALS_FILE)

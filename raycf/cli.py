@@ -30,6 +30,16 @@ def parse_fractions(_ctx: click.Context, _param: click.Parameter, text: str) -> 
     return parts  # type: ignore[return-value]
 
 
+def parse_seeds(_ctx: click.Context, _param: click.Parameter, text: str | None) -> list[int] | None:
+    """`0,1,2` -> [0, 1, 2]."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise click.BadParameter(f"expected seeds like 0,1,2, got {text!r}")
+    return [int(part) for part in parts]
+
+
 def data_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options that choose and read a run's data, turned into one `data: DataSpec` argument."""
     options = [
@@ -123,10 +133,13 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 @click.option("--ratings", type=click.Path(dir_okay=False), default=None,
               help="Override the study's data with a ratings file.")
 @click.option("--seed", type=int, default=None, help="Override the study's seed (split and search).")
+@click.option("--repeat-seeds", default=None, callback=parse_seeds,
+              help="After the study, train each model's best configuration on these split seeds (0,1,2).")
 def tune_command(study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
                  address: str | None, **overrides: Any) -> None:
     """Run a study (STUDY_FILE, YAML) of Mult-VAE and AutoRec trials on Ray Tune with ASHA."""
     from raycf import tune as tuning
+    from raycf.repeats import format_repeats
     from raycf.study import apply_overrides, load_study
 
     if (study_file is None) == (resume_dir is None):
@@ -141,12 +154,14 @@ def tune_command(study_file: str | None, resume_dir: str | None, storage: str, n
     if dashboard:
         click.echo(f"Ray dashboard: {dashboard}")
     if study is None:
-        run_dir, leaderboard = tuning.resume_study(resume_dir)
+        result = tuning.resume_study(resume_dir)
     else:
         run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, leaderboard = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name))
-    click.echo(tuning.format_leaderboard(leaderboard))
-    click.echo(f"run directory: {run_dir} (best.json, leaderboard.parquet, trials.parquet)")
+        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name))
+    click.echo(tuning.format_leaderboard(result.leaderboard))
+    if result.repeats is not None:
+        click.echo(format_repeats(result.repeats))
+    click.echo(f"run directory: {result.run_dir} (best.json, leaderboard.parquet, trials.parquet)")
 
 
 @cli.command("score")
@@ -181,6 +196,18 @@ def score_command(run_dir: str, model_name: str | None, trial: str | None, addre
                + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
                f"{summary['users_per_second']:.0f} users/s)")
     click.echo(f"scores: {out} (topk/, user_metrics/, summary.parquet, summary.json)")
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--scores", default=None, type=click.Path(file_okay=False),
+              help="The `raycf score` output to report. Default: RUN_DIR/scores.")
+def report_command(run_dir: str, scores: str | None) -> None:
+    """Write RUN_DIR/report.md and report.html: run facts, leaderboard, figures and test metrics."""
+    from raycf.report import REPORT_HTML, write_report
+
+    markdown = write_report(Path(run_dir), Path(scores) if scores else None)
+    click.echo(f"report: {markdown} and {markdown.parent / REPORT_HTML}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,8 @@ Every key except `name`, `data` and `models` is optional, with the default shown
     num_samples: 1              # int >= 1: samples of the random dimensions per grid point
     max_concurrent: null        # int >= 1, or null: no limit
     max_failures: 2             # int >= 0: retries of an errored trial
+    repeat_seeds: []            # distinct ints >= 0: after the study, the best configuration of each
+                                # model is trained again on each of these split seeds (repeats.parquet)
     models:                     # at least one of multvae, autorec
       multvae:
         fixed: {hidden: 200}    # TrainConfig fields except model, max_epochs (scheduler.max_t), seed (the study's)
@@ -63,7 +65,7 @@ KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")
 MODES = ("max", "min")
 TOP_KEYS = ("name", "seed", "data", "metric", "mode", "scheduler", "resources", "num_samples",
-            "max_concurrent", "max_failures", "models")
+            "max_concurrent", "max_failures", "repeat_seeds", "models")
 DATA_KEYS = ("dataset", "ratings", "format", "user_col", "item_col", "rating_col", "min_rating", "synthetic",
              "split")
 RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col")
@@ -139,6 +141,8 @@ class Study:
     max_concurrent: int | None
     max_failures: int
     models: tuple[ModelSearch, ...]
+    repeat_seeds: tuple[int, ...] = ()
+    """Split seeds on which the best configuration of each model is trained again after the study."""
 
     def param_space(self) -> dict[str, Any]:
         """{"trial": a grid over the models, each a TrainConfig dict with Tune domains inside}."""
@@ -508,7 +512,18 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         max_concurrent=None if max_concurrent is None else _int(max_concurrent, at / "max_concurrent", 1),
         max_failures=_int(raw.get("max_failures", 2), at / "max_failures", 0),
         models=_models(raw["models"], at / "models", scheduler.max_t, seed),
+        repeat_seeds=_seeds(raw.get("repeat_seeds", []), at / "repeat_seeds"),
     )
+
+
+def _seeds(value: Any, at: _At) -> tuple[int, ...]:
+    """A list of distinct seeds >= 0."""
+    if not isinstance(value, list):
+        raise at.error(f"must be a list of seeds like [0, 1, 2], got {value!r}")
+    seeds = tuple(_int(seed, at, 0) for seed in value)
+    if len(set(seeds)) != len(seeds):
+        raise at.error(f"seeds must be distinct, got {list(seeds)}")
+    return seeds
 
 
 def apply_overrides(
@@ -522,6 +537,7 @@ def apply_overrides(
     max_failures: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
+    repeat_seeds: list[int] | None = None,
 ) -> Study:
     """`study` with the command line's choices (None: keep the study's); the data's reading options are kept."""
     if dataset is not None and ratings is not None:
@@ -545,4 +561,6 @@ def apply_overrides(
         given["cpus_per_trial"] = _positive(cpus_per_trial, _At("--cpus-per-trial"))
     if gpus_per_trial is not None:
         given["gpus_per_trial"] = _non_negative(gpus_per_trial, _At("--gpus-per-trial"))
+    if repeat_seeds is not None:
+        given["repeat_seeds"] = _seeds(list(repeat_seeds), _At("--repeat-seeds"))
     return dataclasses.replace(study, data=data, **given)

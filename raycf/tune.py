@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,11 +18,12 @@ from ray import tune
 
 from raycf.asha import PerModelASHA
 from raycf.config import TrainConfig
-from raycf.data.source import prepare_split
+from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, load_split, save_split
 from raycf.errors import RaycfError
 from raycf.metrics import METRICS
 from raycf.models.checkpoint import save_checkpoint
+from raycf.repeats import run_repeats
 from raycf.storage import Location, parquet_bytes
 from raycf.study import Study
 from raycf.train import Trainer
@@ -172,6 +174,8 @@ def study_facts(study: Study) -> dict[str, Any]:
         "gpus_per_trial": study.gpus_per_trial,
         "num_samples": study.num_samples,
         "models": [search.model for search in study.models],
+        "data_spec": dataclasses.asdict(study.data),
+        "repeat_seeds": list(study.repeat_seeds),
     }
 
 
@@ -183,8 +187,26 @@ def trainable_for(split: Split, facts: dict[str, Any]) -> Any:
     )
 
 
-def run_study(study: Study, options: TuneOptions) -> tuple[str, pd.DataFrame]:
-    """Split once, run every trial, write the leaderboard; returns the run directory and leaderboard."""
+@dataclass(frozen=True)
+class StudyResult:
+    run_dir: str
+    leaderboard: pd.DataFrame
+    repeats: pd.DataFrame | None
+    """Test metrics of the best configurations on every repeat seed (when the study asks for repeats)."""
+
+
+def finish(location: Location, facts: dict[str, Any], results: tune.ResultGrid, seconds: float) -> StudyResult:
+    """Leaderboard and best.json, then the seed repeats the study asks for."""
+    leaderboard = write_results(location, facts, results, seconds)
+    repeats = None
+    if facts["repeat_seeds"]:
+        repeats = run_repeats(location, DataSpec(**facts["data_spec"]), tuple(facts["fractions"]),
+                              tuple(facts["repeat_seeds"]), leaderboard, facts["cpus_per_trial"])
+    return StudyResult(location.uri, leaderboard, repeats)
+
+
+def run_study(study: Study, options: TuneOptions) -> StudyResult:
+    """Split once, run every trial, write the leaderboard (and the seed repeats)."""
     location = Location.of(options.storage, options.name)
     if location.is_used():
         raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
@@ -196,10 +218,10 @@ def run_study(study: Study, options: TuneOptions) -> tuple[str, pd.DataFrame]:
         location.put_directory(Path(staging))
     started = time.perf_counter()
     results = build_tuner(study, split, replace(options, storage=location.parent_uri)).fit()
-    return location.uri, write_results(location, facts, results, time.perf_counter() - started)
+    return finish(location, facts, results, time.perf_counter() - started)
 
 
-def resume_study(run_dir: str) -> tuple[str, pd.DataFrame]:
+def resume_study(run_dir: str) -> StudyResult:
     """Continue an interrupted study: unfinished and errored trials go on from their last checkpoint."""
     location = Location.of(run_dir, "")
     if not location.has(STUDY_FILE) or not tune.Tuner.can_restore(location.uri):
@@ -212,7 +234,7 @@ def resume_study(run_dir: str) -> tuple[str, pd.DataFrame]:
         location.uri, trainable=trainable_for(split, facts), resume_unfinished=True, resume_errored=True
     )
     results = tuner.fit()
-    return location.uri, write_results(location, facts, results, time.perf_counter() - started)
+    return finish(location, facts, results, time.perf_counter() - started)
 
 
 def stop_reason(row: dict[str, Any], patience: int, max_t: int) -> str:

@@ -27,7 +27,7 @@ from raycf.tune import TuneOptions, run_study
 def tune_run(ray_cluster, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("score")
     (root / "tiny.yaml").write_text(TINY_STUDY)
-    run_dir, _ = run_study(load_study(root / "tiny.yaml"), TuneOptions(storage=str(root), name="run", verbose=0))
+    run_dir = run_study(load_study(root / "tiny.yaml"), TuneOptions(storage=str(root), name="run", verbose=0)).run_dir
     return Path(run_dir)
 
 

@@ -14,7 +14,11 @@ import pandas as pd
 import pytest
 
 from conftest import run_raycf
-from raycf.data.split import load_split
+from raycf.config import TrainConfig
+from raycf.data.split import load_split, split_interactions
+from raycf.data.synthetic import generate_synthetic
+from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
+from raycf.train import train
 from raycf.evaluate import evaluate_model, summarize
 from raycf.models.checkpoint import load_checkpoint
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
@@ -98,3 +102,23 @@ def test_storage_uri_holds_the_whole_run(ray_cluster, tiny_study, tmp_path):
     best = json.loads((run_dir / BEST_FILE).read_text())
     assert best["checkpoint"].startswith("file:///") and best["split"] == f"{storage}/remote/{SPLIT_DIR}"
     assert (run_dir / SPLIT_DIR / "manifest.json").is_file() and (run_dir / LEADERBOARD_FILE).is_file()
+
+
+def test_repeat_seeds_retrain_the_best_configurations_and_compare_them(ray_cluster, tiny_study, tmp_path):
+    assert tune([str(tiny_study), "--storage", str(tmp_path), "--name", "run", "--repeat-seeds", "0,3"]) == 0
+    run_dir = tmp_path / "run"
+    repeats = pd.read_parquet(run_dir / REPEATS_FILE)
+    assert sorted(zip(repeats["model"], repeats["seed"])) == [
+        ("autorec", 0), ("autorec", 3), ("multvae", 0), ("multvae", 3)
+    ]
+    summary = json.loads((run_dir / REPEATS_SUMMARY).read_text())
+    vae = repeats[repeats["model"] == "multvae"]
+    assert summary["per_model"]["multvae"]["ndcg"]["mean"] == pytest.approx(vae["ndcg"].mean())
+    assert summary["per_model"]["multvae"]["ndcg"]["std"] == pytest.approx(vae["ndcg"].std(ddof=1))
+    difference = vae["ndcg"].to_numpy() - repeats[repeats["model"] == "autorec"]["ndcg"].to_numpy()
+    assert summary["paired"]["ndcg"]["mean_difference"] == pytest.approx(difference.mean())
+    # a repeat is the same run as training that configuration in-process on that seed's split
+    row = vae[vae["seed"] == 3].iloc[0]
+    split = split_interactions(generate_synthetic(n_users=300, n_items=100), seed=3)
+    result = train(split, TrainConfig.from_dict(json.loads(row["config"])))
+    assert summarize(evaluate_model(result.model, split, "test"))["ndcg"] == pytest.approx(row["ndcg"], abs=1e-9)

@@ -1,0 +1,97 @@
+"""Seed repeats: the best configuration of each model trained again on several split seeds, in parallel
+as Ray tasks, with mean and spread of every test metric and a paired comparison of the models."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from scipy import stats
+
+from raycf.config import TrainConfig
+from raycf.data.source import DataSpec, load_source
+from raycf.data.split import Split, split_interactions
+from raycf.evaluate import evaluate_model, summarize
+from raycf.metrics import METRICS
+from raycf.storage import Location, parquet_bytes
+from raycf.train import train
+
+REPEATS_FILE = "repeats.parquet"
+REPEATS_SUMMARY = "repeats.json"
+
+
+@ray.remote
+def repeat_run(split: Split, config: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Train one configuration on one split and score it on test (train-only masking)."""
+    torch.set_num_threads(threads)
+    result = train(split, TrainConfig.from_dict(config, where="repeat"))
+    test = summarize(evaluate_model(result.model, split, "test", mask="train"))
+    return {"model": config["model"], "seed": config["seed"], "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, **{name: test[name] for name in METRICS},
+            "config": json.dumps(config, sort_keys=True)}
+
+
+def paired_comparison(repeats: pd.DataFrame, first: str, second: str) -> dict[str, Any]:
+    """Per metric: mean and std of first - second over the shared seeds, wins, paired t-test."""
+    table = repeats.pivot(index="seed", columns="model", values=list(METRICS)).dropna()
+    comparison: dict[str, Any] = {"models": [first, second], "seeds": [int(seed) for seed in table.index]}
+    for name in METRICS:
+        difference = (table[(name, first)] - table[(name, second)]).to_numpy()
+        entry = {"mean_difference": float(difference.mean()), "wins": int((difference > 0).sum())}
+        if len(difference) > 1:
+            entry["std_difference"] = float(difference.std(ddof=1))
+            test = stats.ttest_rel(table[(name, first)], table[(name, second)])
+            entry |= {"t": float(test.statistic), "p_value": float(test.pvalue)}
+        comparison[name] = entry
+    return comparison
+
+
+def summarize_repeats(repeats: pd.DataFrame) -> dict[str, Any]:
+    """Mean and standard deviation of each test metric per model, and the paired comparison."""
+    per_model = {
+        model: {name: {"mean": float(rows[name].mean()),
+                       "std": float(rows[name].std(ddof=1)) if len(rows) > 1 else 0.0} for name in METRICS}
+        for model, rows in repeats.groupby("model")
+    }
+    summary: dict[str, Any] = {"mask": "train", "k": 5, "per_model": per_model}
+    models = sorted(per_model)
+    if len(models) == 2:
+        summary["paired"] = paired_comparison(repeats, models[1], models[0])
+    return summary
+
+
+def run_repeats(location: Location, data: DataSpec, fractions: tuple[float, float, float],
+                seeds: tuple[int, ...], leaderboard: pd.DataFrame, cpus_per_task: float) -> pd.DataFrame:
+    """Train every (best configuration, seed) pair as a Ray task; write repeats.parquet and repeats.json."""
+    frame, digest = load_source(data)
+    splits = {seed: ray.put(split_interactions(frame, fractions=fractions, seed=seed, source=data.describe(),
+                                               source_sha256=digest)) for seed in seeds}
+    threads = max(1, int(cpus_per_task))
+    futures = [
+        repeat_run.options(num_cpus=cpus_per_task).remote(splits[seed], {**json.loads(config), "seed": seed}, threads)
+        for config in leaderboard["config"] for seed in seeds
+    ]
+    repeats = pd.DataFrame(ray.get(futures)).sort_values(["model", "seed"], ignore_index=True)
+    location.write_bytes(REPEATS_FILE, parquet_bytes(repeats))
+    summary = summarize_repeats(repeats)
+    location.write_bytes(REPEATS_SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return repeats
+
+
+def format_repeats(repeats: pd.DataFrame) -> str:
+    """Mean ± std of each test metric per model over the seeds."""
+    summary = summarize_repeats(repeats)
+    lines = [f"test @5 over split seeds {sorted(repeats['seed'].unique().tolist())} (train-only masking):"]
+    for model, metrics in summary["per_model"].items():
+        lines.append(f"  {model:8s} " + "  ".join(
+            f"{name} {values['mean']:.4f}±{values['std']:.4f}" for name, values in metrics.items()))
+    if "paired" in summary:
+        first, second = summary["paired"]["models"]
+        ndcg = summary["paired"]["ndcg"]
+        lines.append(f"  {first} - {second}: ndcg {ndcg['mean_difference']:+.4f}, wins {ndcg['wins']} of "
+                     f"{len(summary['paired']['seeds'])}" + (f", paired t p={ndcg['p_value']:.3g}" if "p_value" in ndcg
+                                                              else ""))
+    return "\n".join(lines)
