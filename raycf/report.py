@@ -1,0 +1,369 @@
+"""`raycf report`: one tune run as report.md, two PNG figures and a self-contained report.html.
+
+The report reads only what `raycf tune` and `raycf score` wrote into a local run directory: study.json, the
+split manifest, trials.parquet, leaderboard.parquet, best.json, each trial's result.json and scores/summary.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import numbers
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import pandas as pd
+
+from raycf.errors import RaycfError
+from raycf.metrics import METRICS
+from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+CURVES_PNG = "report_learning_curves.png"
+HYPERPARAMETERS_PNG = "report_hyperparameters.png"
+SCORES_DIR = "scores"
+SUMMARY_FILE = "summary.json"
+VALID_K = 5
+"""Validation metrics are computed at k = 5 (the study's model selection)."""
+REFERENCE_K = 5
+
+REFERENCE = {
+    "autorec": {"precision": 0.2707, "recall": 0.0724, "ndcg": 0.2807, "mrr": 0.4715},
+    "multvae": {"precision": 0.2718, "recall": 0.0771, "ndcg": 0.2819, "mrr": 0.4747},
+}
+"""The write-up's test metrics on ML-1M (k = 5, train-only masking)."""
+
+MODEL_LABELS = {"multvae": "Mult-VAE", "autorec": "AutoRec"}
+MODEL_COLOURS = {"multvae": "tab:blue", "autorec": "tab:orange"}
+STOP_MARKERS = {"asha": "v", "patience": "o", "max_t": "s", "error": "X"}
+KEY_HYPERPARAMETERS = {
+    "multvae": ("hidden", "dropout", "beta", "anneal_steps", "lr"),
+    "autorec": ("hidden", "l2", "normalize", "lr"),
+}
+HP_LABELS = {"hp_l2": "lambda (l2)", "hp_beta": "beta", "hp_dropout": "dropout"}
+METRIC_LABELS = {"precision": "P", "recall": "R", "ndcg": "NDCG", "mrr": "MRR"}
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")
+DPI = 120
+
+
+@dataclass(frozen=True)
+class Run:
+    """The files of one finished `raycf tune` run."""
+
+    directory: Path
+    study: dict[str, Any]
+    manifest: dict[str, Any]
+    best: dict[str, Any]
+    trials: pd.DataFrame
+    leaderboard: pd.DataFrame
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read a run directory; RaycfError naming it and the way out when the study has not finished."""
+    if not (run_dir / TRIALS_FILE).is_file():
+        raise RaycfError(f"{run_dir}: not a finished `raycf tune` run (no {TRIALS_FILE}); run `raycf tune` to the "
+                         f"end, or continue an interrupted one with `raycf tune --resume {run_dir}`")
+    if not (run_dir / BEST_FILE).is_file():
+        raise RaycfError(f"{run_dir}: no {BEST_FILE}: no trial finished an epoch with a checkpoint; see the errors "
+                         f"in {TRIALS_FILE}, then `raycf tune --resume {run_dir}`")
+    return Run(
+        directory=run_dir,
+        study=json.loads((run_dir / STUDY_FILE).read_text()),
+        manifest=json.loads((run_dir / SPLIT_DIR / "manifest.json").read_text()),
+        best=json.loads((run_dir / BEST_FILE).read_text()),
+        trials=pd.read_parquet(run_dir / TRIALS_FILE),
+        leaderboard=pd.read_parquet(run_dir / LEADERBOARD_FILE),
+    )
+
+
+def number(value: float) -> str:
+    """Every metric in the report: four decimals."""
+    return f"{value:.4f}"
+
+
+def hp_text(value: Any) -> str:
+    """A hyperparameter value, short: 0.0001 -> 1e-04, 100 -> 100, l2 -> l2."""
+    return format(value, "g") if isinstance(value, numbers.Real) else str(value)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown pipe table."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def searched(trials: pd.DataFrame) -> dict[str, list[str]]:
+    """Per model, the hp_ columns whose value varies among its trials."""
+    columns = [column for column in trials.columns if column.startswith("hp_")]
+    return {
+        model: [column for column in columns if group[column].nunique(dropna=False) > 1]
+        for model, group in trials.groupby("model", sort=False)
+    }
+
+
+def asha_saved_epochs(trials: pd.DataFrame, max_t: int) -> int:
+    """Estimated epochs ASHA saved: each stopped trial would have run as long as its model's finished ones."""
+    finished = trials[trials["stopped_by"].isin(["patience", "max_t"])]
+    typical = finished.groupby("model")["epochs_run"].mean()
+    stopped = trials[trials["stopped_by"] == "asha"]
+    expected = stopped["model"].map(typical).fillna(max_t)
+    return int(round((expected - stopped["epochs_run"]).clip(lower=0).sum()))
+
+
+def machine() -> str:
+    """This host: platform, CPUs, Python, torch and Ray versions."""
+    import ray
+    import torch
+
+    return (f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, ray {ray.__version__}")
+
+
+def run_section(run: Run) -> list[str]:
+    """Study, data, seed, trials, epochs and wall time."""
+    study, split, trials = run.study, run.manifest, run.trials
+    counts, dropped = split["counts"], split["dropped"]
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(trials["stopped_by"].value_counts().items()))
+    epochs = int(trials["epochs_run"].sum())
+    saved = asha_saved_epochs(trials, study["max_t"])
+    return ["## Run", "\n".join([
+        f"- Study: `{study['name']}` (`{study['study_file']}`), scheduler {study['scheduler']}, "
+        f"max_t {study['max_t']}, selection by valid_{study['metric']} ({study['mode']})",
+        f"- Dataset: {split['source']}: {split['n_users']:,} users, {split['n_items']:,} items; "
+        f"{counts['train']:,} train / {counts['valid']:,} validation / {counts['test']:,} test records; "
+        f"dropped (item not in train): {dropped['valid']:,} validation, {dropped['test']:,} test",
+        f"- Seed: {study['seed']}",
+        f"- Trials: {len(trials)} (ended by {reasons})",
+        f"- Epochs run in total: {epochs:,}",
+        f"- Epochs saved by ASHA: about {saved:,} (an estimate: each ASHA-stopped trial counted at the mean "
+        f"epochs of its model's trials that ran to patience or max_t, else at max_t {study['max_t']})",
+        f"- Wall time: {run.best['seconds']:.2f} s (the last `raycf tune` or `--resume` call)",
+        f"- Machine (where this report was made): {machine()}",
+    ])]
+
+
+def key_hyperparameters(row: pd.Series, columns: list[str]) -> str:
+    """`beta=0.2, dropout=0.5` for a model's key and searched hyperparameters."""
+    wanted = [f"hp_{name}" for name in KEY_HYPERPARAMETERS[row["model"]]] + columns
+    return ", ".join(f"{column[3:]}={hp_text(row[column])}" for column in row.index if column in wanted)
+
+
+def leaderboard_section(run: Run, varying: dict[str, list[str]]) -> list[str]:
+    """Best trial per model, best first."""
+    header = ["model", "trial_id", "best_epoch", *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS),
+              "key hyperparameters"]
+    rows = [[row["model"], row["trial_id"], str(row["best_epoch"]),
+             *(number(row[f"valid_{name}"]) for name in METRICS), key_hyperparameters(row, varying[row["model"]])]
+            for _, row in run.leaderboard.iterrows()]
+    return ["## Leaderboard", f"The best trial of each model by validation NDCG@{VALID_K} (validation metrics at "
+            f"its best epoch).", table(header, rows)]
+
+
+def read_curve(run_dir: Path, trial_id: str) -> pd.Series:
+    """Validation NDCG per epoch from a trial's result.json (the last report of an epoch wins on resume)."""
+    points = {}
+    for path in run_dir.glob(f"run_trial_{trial_id}_*/result.json"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                result = json.loads(line)
+                points[result["epoch"]] = result["valid_ndcg"]
+    return pd.Series(points, dtype=float).sort_index()
+
+
+def plot_learning_curves(run: Run, path: Path) -> int:
+    """Validation NDCG@5 per epoch for every trial, end markers by why it ended; the number of trials drawn."""
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    drawn = 0
+    for _, trial in run.trials.iterrows():
+        curve = read_curve(run.directory, trial["trial_id"])
+        if curve.empty:
+            continue
+        colour = MODEL_COLOURS[trial["model"]]
+        axes.plot(curve.index, curve.values, color=colour, alpha=0.7, linewidth=1.2)
+        axes.plot(curve.index[-1], curve.values[-1], linestyle="none", marker=STOP_MARKERS[trial["stopped_by"]],
+                  markersize=8, markerfacecolor=colour, markeredgecolor="black")
+        drawn += 1
+    models = run.trials["model"].unique()
+    reasons = [reason for reason in STOP_MARKERS if reason in set(run.trials["stopped_by"])]
+    handles = [Line2D([], [], color=MODEL_COLOURS[model], label=MODEL_LABELS[model]) for model in models]
+    handles += [Line2D([], [], linestyle="none", marker=STOP_MARKERS[reason], color="grey",
+                       markeredgecolor="black", label=f"ended by {reason}") for reason in reasons]
+    axes.legend(handles=handles, loc="lower right")
+    axes.set(xlabel="epoch", ylabel=f"validation NDCG@{VALID_K}", title="Learning curves")
+    axes.grid(alpha=0.3)
+    save(figure, path)
+    return drawn
+
+
+def save(figure: plt.Figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def hyperparameter_panels(trials: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(model, hp column, its trials) for each panel whose model ran."""
+    scored = trials[trials["valid_ndcg"].notna()]
+    panels = [("autorec", "hp_l2"), ("multvae", "hp_beta"), ("multvae", "hp_dropout")]
+    return [(model, column, scored[scored["model"] == model]) for model, column in panels
+            if (scored["model"] == model).any()]
+
+
+def log_scale(ax: plt.Axes, values: pd.Series) -> None:
+    """A log x axis; symmetric-log (linear near 0) when a value is 0."""
+    positive = values[values > 0]
+    if len(positive) == len(values):
+        ax.set_xscale("log")
+    else:
+        ax.set_xscale("symlog", linthresh=positive.min() if len(positive) else 1.0)
+
+
+def plot_hyperparameters(trials: pd.DataFrame, path: Path) -> None:
+    """Best validation NDCG@5 per trial against AutoRec's lambda and Mult-VAE's beta and dropout."""
+    panels = hyperparameter_panels(trials)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.5), squeeze=False)
+    for ax, (model, column, group) in zip(axes[0], panels):
+        if model == "multvae":
+            for annealed, marker, label in ((False, "o", "constant beta"), (True, "^", "beta annealed")):
+                part = group[(group["hp_anneal_steps"] > 0) == annealed]
+                ax.scatter(part[column], part["valid_ndcg"], marker=marker, color=MODEL_COLOURS[model],
+                           edgecolor="black", s=50, label=label)
+            ax.legend(loc="best")
+        else:
+            ax.scatter(group[column], group["valid_ndcg"], color=MODEL_COLOURS[model], edgecolor="black", s=50)
+            log_scale(ax, group[column])
+        ax.set(xlabel=f"{MODEL_LABELS[model]} {HP_LABELS[column]}", ylabel=f"best validation NDCG@{VALID_K}")
+        ax.grid(alpha=0.3)
+    save(figure, path)
+
+
+def hyperparameter_section(trials: pd.DataFrame, varying: dict[str, list[str]]) -> list[str]:
+    """The scatter figure and a table of all trials with their searched hyperparameters."""
+    columns = [column for column in trials.columns if any(column in names for names in varying.values())]
+    header = ["model", "trial_id", "stopped_by", "epochs_run", "best_epoch", "valid_ndcg",
+              *(column[3:] for column in columns)]
+    rows = [[row["model"], row["trial_id"], row["stopped_by"], str(row["epochs_run"]), str(row["best_epoch"]),
+             number(row["valid_ndcg"]),
+             *(hp_text(row[column]) if column in varying[row["model"]] else "" for column in columns)]
+            for _, row in trials.sort_values(["model", "trial_id"]).iterrows()]
+    return ["## Hyperparameters",
+            f"Best validation NDCG@{VALID_K} of each trial against AutoRec's lambda (`l2`, log axis) and Mult-VAE's "
+            "beta (marker: constant or annealed) and dropout; a panel is left out when its model did not run. Trials "
+            "that ASHA stopped early rank low here because they stopped, not only because of their values.",
+            f"![Best validation NDCG@{VALID_K} against hyperparameters]({HYPERPARAMETERS_PNG})",
+            "All trials, with the hyperparameters searched for their model:",
+            table(header, rows)]
+
+
+def curves_section(drawn: int, total: int) -> list[str]:
+    return ["## Learning curves",
+            f"Validation NDCG@{VALID_K} per epoch of {drawn} of {total} trials (from each trial's result.json), "
+            "one colour per model; the marker at a trial's last epoch says why it ended.",
+            f"![Validation NDCG@{VALID_K} per epoch]({CURVES_PNG})"]
+
+
+def masking_text(mask: str) -> str:
+    """The masking protocol in words."""
+    if mask == "train":
+        return ("Masking: only the user's train items are excluded from the ranking (train-only masking, the "
+                "write-up's protocol: validation items stay candidates and count as misses).")
+    return ("Masking: the user's train and validation items are excluded from the ranking (RecBole's protocol); "
+            "it raises every metric, so this row is not comparable with the write-up's.")
+
+
+def test_section(run_dir: Path, scores_dir: Path) -> list[str]:
+    """The scored checkpoint's test metrics next to the write-up's, or how to get them."""
+    summary_path = scores_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        out = "" if scores_dir == run_dir / SCORES_DIR else f" --out {scores_dir}"
+        return ["## Test metrics", f"No test scores in `{scores_dir}`: run `raycf score {run_dir}{out}` first, "
+                "then `raycf report` again."]
+    summary = json.loads(summary_path.read_text())
+    model, k = summary["model"], summary["k"]
+    header = ["source", "model", "k", "masking", *(f"{METRIC_LABELS[name]}@k" for name in METRICS)]
+    rows = [
+        [f"this run ({summary['dataset']}, trial {summary['trial_id']}, epoch {summary['checkpoint_epoch']})",
+         MODEL_LABELS[model], str(k), summary["mask"], *(number(summary[name]) for name in METRICS)],
+        ["write-up (ML-1M)", MODEL_LABELS[model], str(REFERENCE_K), "train",
+         *(number(REFERENCE[model][name]) for name in METRICS)],
+    ]
+    return ["## Test metrics", table(header, rows), "\n".join([
+        f"- {masking_text(summary['mask'])}",
+        f"- Users evaluated: {summary['users_evaluated']:,} of {summary['users_scored']:,} scored "
+        "(users without a test item are left out of the means).",
+        f"- Scores: `{scores_dir}`; the write-up's row is ML-1M, a reference point only for an ML-1M run.",
+    ])]
+
+
+def inline(text: str) -> str:
+    """Escape text and turn `code` spans into <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def table_html(lines: list[str]) -> str:
+    cells = [[inline(cell.strip()) for cell in line.strip().strip("|").split("|")] for line in lines]
+    head = "".join(f"<th>{cell}</th>" for cell in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in cells[2:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def image_html(alt: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def block_html(block: str, directory: Path) -> str:
+    """One markdown block (heading, bullet list, pipe table, image or paragraph) as HTML."""
+    lines = block.splitlines()
+    first = lines[0]
+    if first.startswith("#"):
+        level = len(first) - len(first.lstrip("#"))
+        return f"<h{level}>{inline(first[level:].strip())}</h{level}>"
+    if first.startswith("- "):
+        return "<ul>" + "".join(f"<li>{inline(line[2:])}</li>" for line in lines) + "</ul>"
+    if first.startswith("|"):
+        return table_html(lines)
+    image = IMAGE.fullmatch(first)
+    if image:
+        return image_html(image[1], directory / image[2])
+    return f"<p>{inline(' '.join(lines))}</p>"
+
+
+STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em}"
+         "img{max-width:100%}code{background:#f4f4f4}")
+
+
+def markdown_to_html(markdown: str, directory: Path, title: str) -> str:
+    """The report's markdown as one HTML page, figures from `directory` embedded as data URIs."""
+    body = "\n".join(block_html(block, directory) for block in markdown.strip().split("\n\n"))
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def write_report(run_dir: Path, scores_dir: Path | None = None) -> Path:
+    """Write report.md, the PNG figures and report.html into `run_dir`; returns report.md's path."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    varying = searched(run.trials)
+    drawn = plot_learning_curves(run, run_dir / CURVES_PNG)
+    plot_hyperparameters(run.trials, run_dir / HYPERPARAMETERS_PNG)
+    title = f"raycf report: {run.study['name']}"
+    blocks = [f"# {title}", f"Run directory: `{run_dir}`", *run_section(run), *leaderboard_section(run, varying),
+              *curves_section(drawn, len(run.trials)), *hyperparameter_section(run.trials, varying),
+              *test_section(run_dir, scores_dir or run_dir / SCORES_DIR)]
+    markdown = "\n\n".join(blocks) + "\n"
+    (run_dir / REPORT_MD).write_text(markdown)
+    (run_dir / REPORT_HTML).write_text(markdown_to_html(markdown, run_dir, title))
+    return run_dir / REPORT_MD
