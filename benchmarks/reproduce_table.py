@@ -19,13 +19,10 @@ from raycf.data.loaders import read_interactions
 from raycf.data.split import split_interactions
 from raycf.evaluate import evaluate_model, summarize
 from raycf.metrics import METRICS
+from raycf.report import REFERENCE
 from raycf.train import TrainResult, train
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
-REFERENCE = {
-    "autorec": {"precision": 0.2707, "recall": 0.0724, "ndcg": 0.2807, "mrr": 0.4715},
-    "multvae": {"precision": 0.2718, "recall": 0.0771, "ndcg": 0.2819, "mrr": 0.4747},
-}
 
 
 def numbers(text: str, kind: type) -> list:
