@@ -22,6 +22,7 @@ import pandas as pd
 
 from raycf.errors import RaycfError
 from raycf.metrics import METRICS
+from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
@@ -306,6 +307,28 @@ def test_section(run_dir: Path, scores_dir: Path) -> list[str]:
     ])]
 
 
+def repeats_section(run_dir: Path) -> list[str]:
+    """Mean ± std of the test metrics over the repeat seeds, and the paired comparison of the models."""
+    if not (run_dir / REPEATS_SUMMARY).is_file():
+        return []
+    summary = json.loads((run_dir / REPEATS_SUMMARY).read_text())
+    seeds = sorted(pd.read_parquet(run_dir / REPEATS_FILE)["seed"].unique().tolist())
+    header = ["model", *(f"{METRIC_LABELS[name]}@{summary['k']}" for name in METRICS)]
+    rows = [[MODEL_LABELS[model], *(f"{number(values[name]['mean'])} ± {number(values[name]['std'])}"
+                                     for name in METRICS)] for model, values in summary["per_model"].items()]
+    blocks = ["## Seed repeats", f"The best configuration of each model trained again on split seeds {seeds} "
+              f"and scored on test ({masking_text(summary['mask'])[0].lower()}{masking_text(summary['mask'])[1:]}) "
+              "Mean ± standard deviation over the seeds:", table(header, rows)]
+    if "paired" in summary:
+        first, second = (MODEL_LABELS[model] for model in summary["paired"]["models"])
+        paired = [[METRIC_LABELS[name], number(entry["mean_difference"]), str(entry["wins"]),
+                   number(entry["p_value"]) if "p_value" in entry else "-"]
+                  for name, entry in ((name, summary["paired"][name]) for name in METRICS)]
+        blocks += [f"Paired over the {len(summary['paired']['seeds'])} seeds, {first} minus {second}:",
+                   table(["metric", "mean difference", f"seeds {first} wins", "paired t-test p"], paired)]
+    return blocks
+
+
 def inline(text: str) -> str:
     """Escape text and turn `code` spans into <code>."""
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
@@ -362,7 +385,7 @@ def write_report(run_dir: Path, scores_dir: Path | None = None) -> Path:
     title = f"raycf report: {run.study['name']}"
     blocks = [f"# {title}", f"Run directory: `{run_dir}`", *run_section(run), *leaderboard_section(run, varying),
               *curves_section(drawn, len(run.trials)), *hyperparameter_section(run.trials, varying),
-              *test_section(run_dir, scores_dir or run_dir / SCORES_DIR)]
+              *test_section(run_dir, scores_dir or run_dir / SCORES_DIR), *repeats_section(run_dir)]
     markdown = "\n\n".join(blocks) + "\n"
     (run_dir / REPORT_MD).write_text(markdown)
     (run_dir / REPORT_HTML).write_text(markdown_to_html(markdown, run_dir, title))

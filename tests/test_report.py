@@ -14,7 +14,8 @@ from conftest import TINY_STUDY, run_raycf
 from raycf.metrics import METRICS
 from raycf.report import CURVES_PNG, HYPERPARAMETERS_PNG, REPORT_HTML, REPORT_MD, write_report
 
-SECTIONS = ("## Run", "## Leaderboard", "## Learning curves", "## Hyperparameters", "## Test metrics")
+SECTIONS = ("## Run", "## Leaderboard", "## Learning curves", "## Hyperparameters", "## Test metrics",
+            "## Seed repeats")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -24,7 +25,7 @@ def run_dir(ray_cluster, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     study = root / "tiny.yaml"
     study.write_text(TINY_STUDY)
-    assert run_raycf("tune", str(study), "--storage", str(root), "--name", "run") == 0
+    assert run_raycf("tune", str(study), "--storage", str(root), "--name", "run", "--repeat-seeds", "0,1") == 0
     assert run_raycf("score", str(root / "run"), "--actors", "1") == 0
     assert run_raycf("report", str(root / "run")) == 0
     return root / "run"
@@ -103,3 +104,14 @@ def test_missing_run_dir_is_one_line_and_exit_2(tmp_path, capsys) -> None:
     assert run_raycf("report", str(tmp_path / "nothing")) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(tmp_path / "nothing") in error and "--resume" in error
+
+
+def test_seed_repeats_are_reported_as_in_repeats_json(run_dir) -> None:
+    summary = json.loads((run_dir / "repeats.json").read_text())
+    rows = table_rows(section((run_dir / REPORT_MD).read_text(), "## Seed repeats"))
+    means = {row[0]: row[1:5] for row in rows if row[0] in ("Mult-VAE", "AutoRec")}
+    for label, model in (("Mult-VAE", "multvae"), ("AutoRec", "autorec")):
+        expected = summary["per_model"][model]
+        assert means[label] == [f"{expected[name]['mean']:.4f} ± {expected[name]['std']:.4f}" for name in METRICS]
+    paired = {row[0]: row[1] for row in rows if row[0] in ("P", "R", "NDCG", "MRR")}
+    assert paired["NDCG"] == f"{summary['paired']['ndcg']['mean_difference']:.4f}"
