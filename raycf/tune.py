@@ -106,11 +106,14 @@ def connect(address: str | None) -> str | None:
     """
     if ray.is_initialized():
         return None
+    # "local" starts a Ray of our own even when another Ray runs on this machine: without it, ray.init()
+    # joins the latest local cluster it finds, however unrelated.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         context = ray.init(address=address, logging_level="WARNING")
     except ConnectionError as error:
         raise RaycfError(
-            f"cannot reach a Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+            f"cannot reach a Ray cluster at {address}: "
             f"{str(error).splitlines()[0]}; check --address / RAY_ADDRESS, or unset both to start a local Ray"
         ) from None
     url = context.dashboard_url
