@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -99,6 +100,19 @@ class TuneOptions:
     verbose: int = 1
 
 
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast on a HOST:PORT no one answers at (ray.init would wait for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RaycfError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RaycfError(f"cannot reach a Ray cluster at {address} ({error.strerror or error}); check --address / "
+                         "RAY_ADDRESS and that the head node runs `ray start --head`, or unset both to start a "
+                         "local Ray") from None
+
+
 def connect(address: str | None) -> str | None:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine.
 
@@ -109,6 +123,8 @@ def connect(address: str | None) -> str | None:
     # "local" starts a Ray of our own even when another Ray runs on this machine: without it, ray.init()
     # joins the latest local cluster it finds, however unrelated.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address not in ("local", "auto"):
+        check_reachable(address)
     try:
         context = ray.init(address=address, logging_level="WARNING")
     except ConnectionError as error:

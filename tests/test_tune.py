@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ from raycf.train import train
 from raycf.evaluate import evaluate_model, summarize
 from raycf.models.checkpoint import load_checkpoint
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tune(args: list[str]) -> int:
@@ -122,3 +125,18 @@ def test_repeat_seeds_retrain_the_best_configurations_and_compare_them(ray_clust
     split = split_interactions(generate_synthetic(n_users=300, n_items=100), seed=3)
     result = train(split, TrainConfig.from_dict(json.loads(row["config"])))
     assert summarize(evaluate_model(result.model, split, "test"))["ndcg"] == pytest.approx(row["ndcg"], abs=1e-9)
+
+
+def test_unreachable_address_fails_fast_with_one_line(tmp_path):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "raycf", "tune", str(ROOT / "studies" / "quickstart.yaml"),
+                           "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and time.monotonic() - started < 30
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--address" in lines[0]
+    assert not any(tmp_path.iterdir())
