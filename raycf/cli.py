@@ -118,9 +118,9 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 @click.argument("study_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--resume", "resume_dir", default=None,
               help="Continue the interrupted study in this run directory.")
-@click.option("--storage", default="runs", show_default=True,
+@click.option("--storage", default="runs", show_default=True, envvar="RAYCF_STORAGE",
               help="Where run directories live: a local path, or a URI pyarrow understands (s3://...); "
-                   "on a cluster, a place every node can reach.")
+                   "on a cluster, a place every node can reach. Default: $RAYCF_STORAGE, else runs.")
 @click.option("--name", default=None, help="Run directory name. Default: the study's name and a timestamp.")
 @click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Samples per search-space point.")
