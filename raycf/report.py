@@ -317,8 +317,8 @@ def repeats_section(run_dir: Path) -> list[str]:
     rows = [[MODEL_LABELS[model], *(f"{number(values[name]['mean'])} ± {number(values[name]['std'])}"
                                      for name in METRICS)] for model, values in summary["per_model"].items()]
     blocks = ["## Seed repeats", f"The best configuration of each model trained again on split seeds {seeds} "
-              f"and scored on test ({masking_text(summary['mask'])[0].lower()}{masking_text(summary['mask'])[1:]}) "
-              "Mean ± standard deviation over the seeds:", table(header, rows)]
+              f"and scored on test. {masking_text(summary['mask'])} Mean ± standard deviation over the seeds:",
+              table(header, rows)]
     if "paired" in summary:
         first, second = (MODEL_LABELS[model] for model in summary["paired"]["models"])
         paired = [[METRIC_LABELS[name], number(entry["mean_difference"]), str(entry["wins"]),
