@@ -23,6 +23,7 @@ import pandas as pd
 from raycf.errors import RaycfError
 from raycf.metrics import METRICS
 from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
+from raycf.score import SCORES_DIR, SUMMARY_JSON
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
@@ -33,8 +34,6 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 CURVES_PNG = "report_learning_curves.png"
 HYPERPARAMETERS_PNG = "report_hyperparameters.png"
-SCORES_DIR = "scores"
-SUMMARY_FILE = "summary.json"
 VALID_K = 5
 """Validation metrics are computed at k = 5 (the study's model selection)."""
 REFERENCE_K = 5
@@ -285,7 +284,7 @@ def masking_text(mask: str) -> str:
 
 def test_section(run_dir: Path, scores_dir: Path) -> list[str]:
     """The scored checkpoint's test metrics next to the write-up's, or how to get them."""
-    summary_path = scores_dir / SUMMARY_FILE
+    summary_path = scores_dir / SUMMARY_JSON
     if not summary_path.is_file():
         out = "" if scores_dir == run_dir / SCORES_DIR else f" --out {scores_dir}"
         return ["## Test metrics", f"No test scores in `{scores_dir}`: run `raycf score {run_dir}{out}` first, "

@@ -35,7 +35,9 @@ from raycf.tune import BEST_FILE, LEADERBOARD_FILE, MODEL_FILE, SPLIT_DIR, TRIAL
 
 TOPK_DIR = "topk"
 USER_METRICS_DIR = "user_metrics"
-SUMMARY_FILES = ("summary.parquet", "summary.json")
+SCORES_DIR = "scores"
+SUMMARY_JSON = "summary.json"
+SUMMARY_PARQUET = "summary.parquet"
 USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
 
 
@@ -271,7 +273,7 @@ def run_scoring(
     checkpoint_bytes = read_bytes(target.checkpoint)
     scored_model, meta = checkpoint_from_bytes(checkpoint_bytes, target.checkpoint, expect_items=split.n_items)
     rows = select_users(split, options.users)
-    out = Location.of(options.out or f"{target.run.uri}/scores", "")
+    out = Location.of(options.out or f"{target.run.uri}/{SCORES_DIR}", "")
     staging = f"{out.path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         out.filesystem.create_dir(staging, recursive=True)
@@ -297,8 +299,8 @@ def run_scoring(
         })
         flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
                 for key, value in summary.items()}
-        staged.write_bytes("summary.parquet", parquet_bytes(pd.DataFrame([flat])))
-        staged.write_bytes("summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+        staged.write_bytes(SUMMARY_PARQUET, parquet_bytes(pd.DataFrame([flat])))
+        staged.write_bytes(SUMMARY_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
         replace_directory(out, staging, out.path)
     except BaseException:
         if out.filesystem.get_file_info(staging).type != pafs.FileType.NotFound:
