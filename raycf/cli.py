@@ -11,10 +11,12 @@ from typing import Any
 
 import click
 
+from raycf.cluster import DASHBOARD_HOST
 from raycf.config import MODEL_NAMES, NORMALIZATIONS
 from raycf.data.source import DataSpec
 from raycf.errors import RaycfError
 from raycf.metrics import MASK_PROTOCOLS, METRICS
+from raycf.submit import require_cluster_path, submit
 
 EXIT_BAD_INPUT = 2
 
@@ -75,6 +77,33 @@ def data_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--address / --dashboard-host for running here, --submit / --runtime-env / --no-wait for a Ray Job."""
+    options = [
+        click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray)."),
+        click.option("--dashboard-host", default=DASHBOARD_HOST, show_default=True,
+                     help="Interface the dashboard of a local Ray listens on (0.0.0.0: every interface)."),
+        click.option("--submit", "submit_to", default=None, metavar="http://HEAD:8265",
+                     help="Run this command as a Ray Job on that cluster (current directory as working_dir)."),
+        click.option("--runtime-env", type=click.Path(dir_okay=False), default=None,
+                     help="With --submit: a runtime environment YAML to add (pip, env_vars...; jobs/*.yaml work)."),
+        click.option("--no-wait", is_flag=True, help="With --submit: print the job id and return at once."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def send_job(ctx: click.Context, submit_to: str, runtime_env: str | None, no_wait: bool) -> None:
+    """Run the invoking command line as a Ray Job and exit with its status."""
+    sys.exit(submit(submit_to, ctx.obj["argv"], runtime_env, wait=not no_wait, echo=click.echo))
+
+
+def refuse_job_options(submit_to: str | None, runtime_env: str | None, no_wait: bool) -> None:
+    if submit_to is None and (runtime_env is not None or no_wait):
+        raise click.UsageError("--runtime-env and --no-wait go with --submit")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="raycf")
 def cli() -> None:
@@ -122,7 +151,7 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
               help="Where run directories live: a local path, or a URI pyarrow understands (s3://...); "
                    "on a cluster, a place every node can reach. Default: $RAYCF_STORAGE, else runs.")
 @click.option("--name", default=None, help="Run directory name. Default: the study's name and a timestamp.")
-@click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray).")
+@cluster_options
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Samples per search-space point.")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Trials running at once.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Retries of an errored trial.")
@@ -135,10 +164,13 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 @click.option("--seed", type=int, default=None, help="Override the study's seed (split and search).")
 @click.option("--repeat-seeds", default=None, callback=parse_seeds,
               help="After the study, train each model's best configuration on these split seeds (0,1,2).")
-def tune_command(study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
-                 address: str | None, **overrides: Any) -> None:
+@click.pass_context
+def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
+                 address: str | None, dashboard_host: str, submit_to: str | None, runtime_env: str | None,
+                 no_wait: bool, **overrides: Any) -> None:
     """Run a study (STUDY_FILE, YAML) of Mult-VAE and AutoRec trials on Ray Tune with ASHA."""
     from raycf import tune as tuning
+    from raycf.cluster import connect
     from raycf.repeats import format_repeats
     from raycf.study import apply_overrides, load_study
 
@@ -149,10 +181,14 @@ def tune_command(study_file: str | None, resume_dir: str | None, storage: str, n
     study = None
     if study_file is not None:
         own_data = overrides["ratings"] is None and overrides["dataset"] is None
-        study = apply_overrides(load_study(study_file, check_ratings=own_data), **overrides)
-    dashboard = tuning.connect(address)
-    if dashboard:
-        click.echo(f"Ray dashboard: {dashboard}")
+        study = apply_overrides(load_study(study_file, check_ratings=own_data and submit_to is None), **overrides)
+    refuse_job_options(submit_to, runtime_env, no_wait)
+    if submit_to is not None:
+        if resume_dir is None:
+            require_cluster_path("--storage", storage)
+        send_job(ctx, submit_to, runtime_env, no_wait)
+    for line in connect(address, dashboard_host).describe():
+        click.echo(line)
     if study is None:
         result = tuning.resume_study(resume_dir)
     else:
@@ -173,24 +209,31 @@ def tune_command(study_file: str | None, resume_dir: str | None, storage: str, n
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Scorer actors.")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--address", default=None, help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray).")
+@cluster_options
 @click.option("--out", default=None, help="Output directory, path or URI. Default: RUN_DIR/scores.")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items never recommended: the user's train items, or train and validation items.")
 @click.option("--users", type=click.Path(dir_okay=False), default=None,
               help="Score only these users: a file of raw user ids, one per line.")
-def score_command(run_dir: str, model_name: str | None, trial: str | None, address: str | None,
+@click.pass_context
+def score_command(ctx: click.Context, run_dir: str, model_name: str | None, trial: str | None, address: str | None,
+                  dashboard_host: str, submit_to: str | None, runtime_env: str | None, no_wait: bool,
                   **options: Any) -> None:
     """Score every user of RUN_DIR's split with its best checkpoint (Ray Data) and write Parquet."""
+    from raycf.cluster import connect
     from raycf.score import ScoreOptions, run_scoring
-    from raycf.tune import connect
 
     if model_name is not None and trial is not None:
         raise click.UsageError("--model and --trial exclude each other: give one")
     score_options = ScoreOptions(**options)
-    dashboard = connect(address)
-    if dashboard:
-        click.echo(f"Ray dashboard: {dashboard}")
+    refuse_job_options(submit_to, runtime_env, no_wait)
+    if submit_to is not None:
+        require_cluster_path("RUN_DIR", run_dir)
+        if score_options.out is not None:
+            require_cluster_path("--out", score_options.out)
+        send_job(ctx, submit_to, runtime_env, no_wait)
+    for line in connect(address, dashboard_host).describe():
+        click.echo(line)
     out, summary = run_scoring(run_dir, score_options, model=model_name, trial=trial)
     click.echo(" ".join(f"{name}@{summary['k']} {summary[name]:.4f}" for name in METRICS)
                + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
@@ -213,7 +256,8 @@ def report_command(run_dir: str, scores: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit status 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="raycf", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else argv
+        cli.main(args=args, prog_name="raycf", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.UsageError as error:

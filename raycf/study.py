@@ -159,12 +159,26 @@ class _DuplicateKey(Exception):
         self.path, self.line, self.first = path, line, first
 
 
+class _UnsafeTag(Exception):
+    """A YAML tag that the safe loader does not construct (e.g. !!python/object/apply), and its line."""
+
+    def __init__(self, tag: str, line: int) -> None:
+        super().__init__(tag)
+        self.tag, self.line = tag.replace("tag:yaml.org,2002:", "!!"), line
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping."""
+    """SafeLoader that refuses a key given twice in one mapping, and names any tag it does not construct."""
 
     def construct_document(self, node: yaml.Node) -> Any:
         _refuse_duplicates(node, "", set())
         return super().construct_document(node)
+
+    def construct_undefined(self, node: yaml.Node) -> Any:
+        raise _UnsafeTag(node.tag, node.start_mark.line + 1)
+
+
+_StrictLoader.add_constructor(None, _StrictLoader.construct_undefined)
 
 
 def _refuse_duplicates(node: yaml.Node, path: str, seen: set[int]) -> None:
@@ -280,7 +294,7 @@ def _read(path: Path, file: str) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise RaycfError(f"{file}: no such study file") from None
+        raise RaycfError(f"{file}: no such study file; check the path (e.g. studies/quickstart.yaml)") from None
     except OSError as error:
         raise RaycfError(f"{file}: cannot read the study file: {error.strerror or error}") from None
     try:
@@ -292,6 +306,11 @@ def _read(path: Path, file: str) -> dict[str, Any]:
     except _DuplicateKey as dup:
         raise RaycfError(
             f"{file}: {dup.path}: duplicate key on line {dup.line} (first on line {dup.first}); give each key once"
+        ) from None
+    except _UnsafeTag as tag:
+        raise RaycfError(
+            f"{file}: line {tag.line}: YAML tag {tag.tag} is not allowed; a study file holds plain mappings, lists,"
+            " strings and numbers: remove the tag"
         ) from None
     except yaml.reader.ReaderError as error:
         raise RaycfError(f"{file}: invalid YAML: {error.reason} at character {error.position}") from None

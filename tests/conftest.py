@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,20 @@ def tiny_study(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_STUDY)
     return path
+
+
+class RunsCode:
+    """Unpickling this runs a shell command that creates `marker`: a checkpoint that carries code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def write_code_pickle(path: Path, marker: Path) -> None:
+    """torch.save a checkpoint-shaped dict whose unpickling would create `marker`."""
+    import torch
+
+    torch.save({"format": 1, "state_dict": RunsCode(marker)}, path)

@@ -306,7 +306,7 @@ def _diagnose(source: str, text: str, layout: _Layout, reason: str) -> NoReturn:
         if layout.header and line == 1:
             continue
         _check_fields(source, line, fields, layout)
-    raise DataError(f"{source}: cannot parse it ({reason}); expected {layout.describe}")
+    raise DataError(f"{source}: cannot parse it ({reason}); expected {layout.describe}: fix the file or {_FORMAT_HINT}")
 
 
 def _check_fields(source: str, line: int, fields: list[str], layout: _Layout) -> None:
@@ -317,17 +317,24 @@ def _check_fields(source: str, line: int, fields: list[str], layout: _Layout) ->
             " for a file with a header use --format csv"
         )
     if len(fields) != layout.n_fields:
-        raise DataError(f"{where} has {len(fields)} fields, expected {layout.n_fields} ({layout.describe})")
+        raise DataError(
+            f"{where} has {len(fields)} fields, expected {layout.n_fields} ({layout.describe});"
+            f" fix that line, or if the file has another layout {_FORMAT_HINT}"
+        )
     for name, position in layout.ids:
         value = fields[position].strip()
         if not value:
-            raise DataError(f"{where}: {name} is empty")
+            raise DataError(f"{where}: {name} is empty; fix or remove that line")
         if layout.int_ids and not _INT.fullmatch(value):
-            raise DataError(f"{where}: {name} {value!r} is not an integer ({layout.describe})")
+            raise DataError(
+                f"{where}: {name} {value!r} is not an integer ({layout.describe}); fix or remove that line"
+            )
     if layout.rating is not None:
         name, position = layout.rating
         if not _is_rating(fields[position]):
-            raise DataError(f"{where}: {name} {fields[position]!r} is not a non-negative number")
+            raise DataError(
+                f"{where}: {name} {fields[position]!r} is not a non-negative number; fix or remove that line"
+            )
 
 
 def _looks_like_header(fields: list[str]) -> bool:

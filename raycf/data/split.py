@@ -62,6 +62,7 @@ def split_interactions(
     users_raw = _raw_ids(interactions, "user_id")
     items_raw = _raw_ids(interactions, "item_id")
     n_records = len(users_raw)
+    where = f"split of {source}" if source else "split"
     order = np.random.default_rng(seed).permutation(n_records)
     n_train = round(shares[0] * n_records)
     n_valid = round(shares[1] * n_records)
@@ -69,7 +70,7 @@ def split_interactions(
     for name in PARTS:
         if rows[name].size == 0:
             raise DataError(
-                f"split: the {name} part is empty ({n_records} records, fractions {shares}); "
+                f"{where}: the {name} part is empty ({n_records} records, fractions {shares}); "
                 f"use more interactions or a larger {name} fraction in --split"
             )
 
@@ -77,7 +78,7 @@ def split_interactions(
     _refuse_duplicates(user_codes, items_raw, user_ids)
     item_ids = pd.factorize(items_raw[rows["train"]], sort=True)[1]
     item_codes = pd.Index(item_ids).get_indexer(items_raw)
-    _refuse_users_without_train(user_codes[rows["train"]], user_ids)
+    _refuse_users_without_train(user_codes[rows["train"]], user_ids, where)
 
     shape = (len(user_ids), len(item_ids))
     matrices = {"train": _matrix(user_codes[rows["train"]], item_codes[rows["train"]], shape)}
@@ -87,7 +88,7 @@ def split_interactions(
         dropped[name] = int(rows[name].size - part.size)
         if part.size == 0:
             raise DataError(
-                f"split: no {name} record is left after dropping {dropped[name]} whose item is not in train; "
+                f"{where}: no {name} record is left after dropping {dropped[name]} whose item is not in train; "
                 f"use more interactions or a larger {name} fraction in --split"
             )
         matrices[name] = _matrix(user_codes[part], item_codes[part], shape)
@@ -217,12 +218,12 @@ def _refuse_duplicates(user_codes: np.ndarray, items_raw: np.ndarray, user_ids: 
         )
 
 
-def _refuse_users_without_train(train_user_codes: np.ndarray, user_ids: np.ndarray) -> None:
+def _refuse_users_without_train(train_user_codes: np.ndarray, user_ids: np.ndarray, where: str) -> None:
     """DataError when some user has no training record."""
     lacking = np.flatnonzero(np.bincount(train_user_codes, minlength=len(user_ids)) == 0)
     if lacking.size:
         raise DataError(
-            f"split: {lacking.size} of {len(user_ids)} users have no training record (e.g. user "
+            f"{where}: {lacking.size} of {len(user_ids)} users have no training record (e.g. user "
             f"{_show(user_ids[lacking[0]])}); hold out fewer records (e.g. --split 0.8,0.1,0.1) "
             "or drop users with few interactions"
         )

@@ -1,0 +1,120 @@
+"""Joining Ray: a local Ray of our own or a cluster's, fast failure on a bad address, shared-storage check."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from raycf.errors import RaycfError
+from raycf.storage import Location
+
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def check_reachable(address: str, option: str = "--address", timeout: float = 3.0) -> None:
+    """Fail fast on a HOST:PORT no one answers at (ray.init would wait for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RaycfError(f"{option} {address}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RaycfError(f"cannot reach a Ray cluster at {address} ({error.strerror or error}); check {option} / "
+                         "RAY_ADDRESS and that the head node runs `ray start --head`, or unset both to start a "
+                         "local Ray") from None
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where to watch the Ray this process joined: the dashboard and this node's Prometheus endpoint."""
+
+    dashboard: str | None
+    metrics: str | None
+
+    def describe(self) -> list[str]:
+        lines = [f"Ray dashboard: {self.dashboard}"] if self.dashboard else []
+        if self.metrics:
+            lines.append(f"Prometheus metrics (raycf_* beside Ray's): {self.metrics}")
+        return lines
+
+
+def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST) -> Connection:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine.
+
+    A local Ray's dashboard listens on `dashboard_host` only (loopback unless asked otherwise).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return Connection(None, None)
+    # "local" starts a Ray of our own even when another Ray runs on this machine: without it, ray.init()
+    # joins the latest local cluster it finds, however unrelated.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    options = {"dashboard_host": dashboard_host} if address == "local" else {}
+    if address not in ("local", "auto"):
+        check_reachable(address)
+    try:
+        context = ray.init(address=address, logging_level="WARNING", **options)
+    except ConnectionError as error:
+        raise RaycfError(
+            f"cannot reach a Ray cluster at {address}: "
+            f"{str(error).splitlines()[0]}; check --address / RAY_ADDRESS, or unset both to start a local Ray"
+        ) from None
+    node = next((node for node in ray.nodes() if node["NodeID"] == ray.get_runtime_context().get_node_id()), {})
+    port = node.get("MetricsExportPort")
+    url = context.dashboard_url
+    return Connection(
+        dashboard=f"http://{url}" if url else None,
+        metrics=f"http://{node['NodeManagerAddress']}:{port}/metrics" if port else None,
+    )
+
+
+def read_marker(path: str) -> str | None:
+    """The text of a marker file, None when this node cannot read it."""
+    try:
+        with open(path, encoding="utf-8") as marker:
+            return marker.read()
+    except OSError:
+        return None
+
+
+def check_shared_storage(location: Location, option: str = "--storage", timeout: float = 60.0) -> None:
+    """On a cluster of several nodes, refuse a local path that not every node can see.
+
+    A marker file is written here and read back by a zero-CPU task pinned to each alive node; object
+    store URIs (s3://, gs://...) are shared by nature and not checked.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if len(nodes) < 2 or not isinstance(location.filesystem, pafs.LocalFileSystem):
+        return
+    location.filesystem.create_dir(location.path, recursive=True)
+    token = uuid.uuid4().hex
+    marker = f"{location.path}/.raycf-shared-{token}"
+    location.write_bytes(f".raycf-shared-{token}", token.encode())
+    reader = ray.remote(num_cpus=0)(read_marker)
+    try:
+        reads = [
+            reader.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+            .remote(marker)
+            for node in nodes
+        ]
+        seen = ray.get(reads, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        raise RaycfError(f"{option} {location.uri}: could not check within {timeout:.0f} s that every node sees it; "
+                         "are all nodes alive? (ray status)") from None
+    finally:
+        location.filesystem.delete_file(marker)
+    blind = [node for node, text in zip(nodes, seen, strict=True) if text != token]
+    if blind:
+        raise RaycfError(
+            f"{option} {location.uri}: node {blind[0]['NodeManagerAddress']} ({blind[0]['NodeID'][:8]}) of this "
+            f"{len(nodes)}-node cluster cannot see it; give a path every node mounts (NFS, ...) or an object "
+            "store URI (s3://bucket/raycf)"
+        )

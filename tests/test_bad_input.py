@@ -1,0 +1,239 @@
+"""Bad input, in one table: each case goes through the real CLI and must exit with status 2 and one
+`raycf: error:` line on stderr that names the culprit and a way out, with no traceback, and write nothing.
+
+Cases that do not score must be refused before Ray starts (they run as if no Ray ran yet, and `ray.init`
+fails the test); scoring cases run against the session's Ray, so the CLI starts no other.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+from conftest import run_raycf, write_code_pickle
+
+from raycf.config import TrainConfig
+from raycf.data.source import DataSpec
+from raycf.models import build_model
+from raycf.models.checkpoint import save_checkpoint
+from raycf.train import run_training
+
+Args = Callable[[Path], list[str]]
+"""Writes a case's files under the given directory and returns the command line."""
+
+GOOD = "1::2::5::978300760\n"
+STUDY = "name: s\ndata: {dataset: synthetic}\n"
+MULTVAE = "models:\n  multvae: {}\n"
+MARKER = "code-ran"
+"""Created in the case's directory if a checkpoint's pickled code ever runs."""
+
+
+@dataclass(frozen=True)
+class Case:
+    args: Args
+    where: str
+    """Names the offending file, line or field."""
+    fix: str
+    """The way out the message gives."""
+    scores: bool = False
+    """Reaches the scorer: needs the session's Ray and a `raycf train` run at DIR/run."""
+
+
+def train(text: str | bytes | None, *options: str) -> Args:
+    """`raycf train` on a ratings file r.dat holding `text` (None: no file)."""
+
+    def args(tmp: Path) -> list[str]:
+        ratings = tmp / "r.dat"
+        if text is not None:
+            ratings.write_bytes(text.encode() if isinstance(text, str) else text)
+        return ["train", "--model", "multvae", "--ratings", str(ratings), *options,
+                "--out", str(tmp / "out"), "--max-epochs", "1", "--quiet"]
+
+    return args
+
+
+def tune(study: str | None, *options: str) -> Args:
+    """`raycf tune` on a study file s.yaml holding `study` (None: no file)."""
+
+    def args(tmp: Path) -> list[str]:
+        path = tmp / "s.yaml"
+        if study is not None:
+            path.write_text(study)
+        return ["tune", str(path), *options, "--storage", str(tmp / "out")]
+
+    return args
+
+
+def score(*options: str, breaking: Callable[[Path], None] | None = None) -> Args:
+    """`raycf score` on the run at DIR/run, its checkpoint.pt first broken by `breaking`."""
+
+    def args(tmp: Path) -> list[str]:
+        if breaking is not None:
+            breaking(tmp / "run" / "checkpoint.pt")
+        return ["score", str(tmp / "run"), *(option.format(tmp=tmp) for option in options)]
+
+    return args
+
+
+def command(*argv: str) -> Args:
+    """A command line as it is, `{tmp}` standing for the case's directory."""
+    return lambda tmp: [arg.format(tmp=tmp) for arg in argv]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def other_dataset(path: Path) -> None:
+    """A valid checkpoint trained on 7 items: the run's split has more."""
+    save_checkpoint(path, build_model(TrainConfig.for_model("autorec", hidden=8), 7))
+
+
+def other_model_weights(path: Path) -> None:
+    """The AutoRec checkpoint with Mult-VAE's weights in it."""
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = build_model(TrainConfig.for_model("multvae", hidden=8), payload["n_items"]).state_dict()
+    torch.save(payload, path)
+
+
+def bare_state_dict(path: Path) -> None:
+    """Only the weights, as torch.save(model.state_dict()) writes them."""
+    torch.save(torch.load(path, weights_only=True)["state_dict"], path)
+
+
+def code_pickle(path: Path) -> None:
+    write_code_pickle(path, path.parents[1] / MARKER)
+
+
+def case(case_id: str, args: Args, where: str, fix: str, *, scores: bool = False, xfail: str | None = None) -> Any:
+    """One row: pytest.param(Case(...), id=case_id), strictly xfail'd with the change it needs if `xfail`."""
+    marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=xfail)] if xfail else []
+    return pytest.param(Case(args, where, fix, scores), id=case_id, marks=marks)
+
+
+CASES = [
+    # ratings files (raycf train reads and splits them before any training)
+    case("ratings-missing", train(None), "r.dat: no such file", "check the path given with --ratings"),
+    case("ratings-empty", train(""), "r.dat is empty", "pass a file with at least one rating"),
+    case("ratings-binary", train(bytes(range(256)) * 4), "r.dat is binary", "pass --format with one of"),
+    case("ratings-wrong-separator", train("1,2,5,978300760\n2,3,4,978300760\n"), "r.dat line 1 has 1 fields",
+         "pass --format with one of"),
+    case("ratings-wrong-field-count", train(GOOD + "1::3::4\n"), "r.dat line 2 has 3 fields",
+         "fix that line"),
+    case("ratings-non-numeric-id", train(GOOD + "x::3::4::978300760\n"), "r.dat line 2: user id 'x'",
+         "fix or remove that line"),
+    case("ratings-negative-rating", train(GOOD + "2::3::-4::978300760\n"), "r.dat line 2: rating '-4'",
+         "fix or remove that line"),
+    case("ratings-nan-rating", train(GOOD + "2::3::nan::978300760\n"), "r.dat line 2: rating 'nan'",
+         "fix or remove that line"),
+    case("ratings-unexpected-header", train("UserID::MovieID::Rating::Timestamp\n" + GOOD),
+         "r.dat line 1 looks like a header", "use --format csv"),
+    case("ratings-one-user", train("1::2::5::1\n1::3::5::1\n1::4::5::1\n"), "r.dat has only one distinct user",
+         "at least two users"),
+    case("ratings-one-item", train("1::2::5::1\n2::2::5::1\n3::2::5::1\n"), "r.dat has only one distinct item",
+         "at least two users and two items"),
+    case("ratings-empty-split-part", train("1::2::5::1\n2::3::5::1\n"), "r.dat: the valid part is empty",
+         "a larger valid fraction in --split"),
+    # study files (refused before Ray starts)
+    case("study-unknown-key", tune(STUDY + MULTVAE + "bogus: 1\n"), "s.yaml: bogus: unknown key", "allowed: name,"),
+    case("study-wrong-type", tune(STUDY + MULTVAE + "num_samples: many\n"), "s.yaml: num_samples:",
+         "must be an integer >= 1"),
+    case("study-wrong-field-type", tune(STUDY + "models:\n  multvae: {fixed: {hidden: wide}}\n"),
+         "s.yaml: models.multvae.fixed.hidden:", "must be int"),
+    case("study-empty-grid", tune(STUDY + "models:\n  multvae: {search: {beta: {grid: []}}}\n"),
+         "s.yaml: models.multvae.search.beta.grid:", "must be a non-empty list"),
+    case("study-negative-max-t", tune(STUDY + MULTVAE + "scheduler: {max_t: -5}\n"), "s.yaml: scheduler.max_t:",
+         "must be >= 1"),
+    case("study-negative-max-epochs", tune(STUDY + "models:\n  multvae: {fixed: {max_epochs: -5}}\n"),
+         "s.yaml: models.multvae.fixed.max_epochs:", "set scheduler.max_t instead"),
+    case("study-grace-period-over-max-t", tune(STUDY + MULTVAE + "scheduler: {max_t: 5, grace_period: 10}\n"),
+         "s.yaml: scheduler.grace_period:", "must be <= scheduler.max_t (5)"),
+    case("study-unknown-model", tune(STUDY + "models:\n  bpr: {}\n"), "s.yaml: models.bpr: unknown model",
+         "choose from multvae, autorec"),
+    case("study-unknown-scheduler", tune(STUDY + MULTVAE + "scheduler: {type: pbt}\n"), "s.yaml: scheduler.type:",
+         "must be one of asha, fifo"),
+    case("study-duplicated-model", tune(STUDY + MULTVAE + "  multvae: {}\n"),
+         "s.yaml: models.multvae: duplicate key on line 5", "give each key once"),
+    # checkpoints (raycf score on a raycf train run whose checkpoint.pt is broken)
+    case("checkpoint-truncated", score(breaking=truncate), "checkpoint.pt: not a readable raycf checkpoint",
+         "raycf train", scores=True),
+    case("checkpoint-from-another-dataset", score(breaking=other_dataset),
+         "checkpoint.pt: checkpoint was trained on 7 items", "score it with the split it was trained on",
+         scores=True),
+    case("checkpoint-weights-of-another-model", score(breaking=other_model_weights),
+         "checkpoint.pt: checkpoint does not fit its model", "raycf train", scores=True),
+    case("checkpoint-bare-state-dict", score(breaking=bare_state_dict), "checkpoint.pt: not a raycf checkpoint",
+         "raycf train", scores=True),
+    case("checkpoint-pickle-with-code", score(breaking=code_pickle), "checkpoint.pt: not a readable raycf checkpoint",
+         "raycf train", scores=True),
+    # command lines
+    case("cli-unknown-train-option", train(GOOD, "--no-such-option"), "--no-such-option", "raycf train --help"),
+    case("cli-unknown-score-option", command("score", "{tmp}/run", "--frob"), "--frob", "raycf score --help"),
+    case("cli-unknown-model", command("train", "--model", "bpr", "--out", "{tmp}/out"), "'--model'",
+         "'multvae', 'autorec'"),
+    case("cli-dataset-and-ratings", train(GOOD, "--dataset", "synthetic"), "--dataset and --ratings", "give one"),
+    case("cli-model-and-trial", command("score", "{tmp}/run", "--model", "multvae", "--trial", "t1"),
+         "--model and --trial", "give one"),
+    case("cli-study-and-resume", tune(STUDY + MULTVAE, "--resume", "runs/x"), "STUDY_FILE",
+         "or --resume RUN_DIR to continue one (not both)"),
+    case("cli-negative-max-epochs", command("train", "--model", "autorec", "--max-epochs", "-1", "--out", "{tmp}/out"),
+         "max_epochs", "must be >= 1"),
+    case("cli-missing-study-file", tune(None), "s.yaml: no such study file", "check the path"),
+    case("cli-missing-run-dir", command("score", "{tmp}/nowhere"), "nowhere: not a run directory",
+         "expected best.json (raycf tune)", scores=True),
+    case("cli-missing-run-dir-before-ray", command("score", "{tmp}/nowhere"), "nowhere: not a run directory",
+         "expected best.json (raycf tune)",
+         xfail="cli.py score_command calls connect() before run_scoring checks RUN_DIR, so bad input starts Ray"),
+    case("cli-missing-users-file", score("--users", "{tmp}/users.txt"), "users.txt", "one per line", scores=True,
+         xfail="score.py select_users says 'cannot read the --users file (...)' with no way out"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small `raycf train` output (AutoRec on 200 synthetic users x 80 items), copied by scoring cases."""
+    out = tmp_path_factory.mktemp("bad-input") / "run"
+    run_training(DataSpec(synthetic={"n_users": 200, "n_items": 80}), TrainConfig.for_model("autorec", hidden=8,
+                 max_epochs=2), fractions=(0.6, 0.2, 0.2), mask="train", out=out)
+    return out
+
+
+def refuse_ray(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("Ray was started before the input was checked")
+
+
+def no_ray_yet() -> bool:
+    return False
+
+
+def tree(directory: Path) -> list[Path]:
+    return sorted(directory.rglob("*"))
+
+
+@pytest.mark.parametrize("bad", CASES)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    bad: Case, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if bad.scores:
+        request.getfixturevalue("ray_cluster")
+        shutil.copytree(request.getfixturevalue("trained_run"), tmp_path / "run")
+    else:
+        monkeypatch.setattr(ray, "is_initialized", no_ray_yet)
+        monkeypatch.setattr(ray, "init", refuse_ray)
+    argv = bad.args(tmp_path)
+    before = tree(tmp_path)
+    code = run_raycf(*argv)
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert error.startswith("raycf: error: ") and error.endswith("\n") and error.count("\n") == 1, error
+    assert bad.where in error and bad.fix in error, error
+    assert "Traceback" not in error
+    assert tree(tmp_path) == before  # no output, no staging directory, no marker of pickled code
+    assert not (tmp_path / MARKER).exists()
