@@ -1,6 +1,6 @@
 """Training and full-ranking validation speed of both models on ML-1M (prints figures; not a test).
 
-    RAYCF_ML1M=../shared/data/ml-1m/ratings.dat.gz python benchmarks/bench_training.py [--epochs 5]
+    RAYCF_ML1M=../shared/data/ml-1m/ratings.dat.gz python benchmarks/bench_training.py [--epochs 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ def dense_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def timed(action) -> float:
+    """Seconds `action` takes, GPU work included."""
     started = time.perf_counter()
     action()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
@@ -51,6 +54,7 @@ def validation_gflop(split: Split, config: TrainConfig) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per model (after one warm-up)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     path = Path(os.environ.get("RAYCF_ML1M", DEFAULT_ML1M))
     started = time.perf_counter()
@@ -58,11 +62,12 @@ def main() -> None:
     print(f"data: {path} -> {split.n_users} users x {split.n_items} items, "
           f"train {split.train.nnz:,} records; load+split {time.perf_counter() - started:.2f}s")
     peak = dense_matmul_gflops()
-    print(f"machine: {torch.get_num_threads()} torch threads, dense float32 matmul {peak:.1f} GFLOP/s")
+    print(f"machine: {torch.get_num_threads()} torch threads, dense float32 matmul {peak:.1f} GFLOP/s (CPU); "
+          f"training on {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     print(f"{'model':8s} {'epoch s':>9s} {'GFLOP/s':>8s} {'valid s':>8s} {'GFLOP/s':>8s}")
     for model in ("multvae", "autorec"):
         config = TrainConfig.for_model(model)
-        trainer = Trainer(split, config)
+        trainer = Trainer(split, config, args.device)
         trainer.run_epoch()
         epochs = [timed(trainer.train_epoch) for _ in range(args.epochs)]
         validations = [timed(trainer.validate) for _ in range(args.epochs)]
