@@ -19,7 +19,8 @@ from raycf.evaluate import evaluate_model, summarize
 from raycf.metrics import METRICS
 from raycf.models.checkpoint import load_checkpoint
 from raycf.study import apply_overrides, load_study
-from raycf.tune import SPLIT_DIR, TRIALS_FILE, TuneOptions, connect, run_study
+from raycf.cluster import connect
+from raycf.tune import SPLIT_DIR, TRIALS_FILE, TuneOptions, run_study
 
 
 def trial_timings(trial_dir: Path) -> tuple[float, float, int]:

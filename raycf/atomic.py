@@ -1,13 +1,18 @@
-"""Directories that appear whole or not at all: filled under a temporary name, renamed at the end."""
+"""Directories that appear whole or not at all (filled under a temporary name, renamed at the end), and
+one writer at a time for a local output directory."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from raycf.errors import RaycfError
 
 
 def _umask() -> int:
@@ -31,3 +36,51 @@ def staged_directory(final: Path) -> Iterator[Path]:
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class DirectoryLock:
+    """`<directory>.lock` beside a local output directory: one writer at a time.
+
+    The writer holds an exclusive `flock` on the file, which names its pid and host. The kernel drops the
+    flock when the writer ends, however it ends, so the file left by a killed writer is simply taken
+    over, and a reused pid never passes for a live writer. The file is removed by `release`. Local (and
+    NFS) paths only: an object store (s3://, gs://) has no exclusive create or lock, so two writers of
+    the same URI are not kept apart; the last one to move its output into place wins.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory.with_name(f"{directory.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or RaycfError naming the lock file, its holder and the way out."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RaycfError(f"{self.directory}: {holder} is writing it now (lock file {self.path}); wait for "
+                                 "that run to end, or choose another --out") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder removed the file between our open and flock: open the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and let go (nothing when not held)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False

@@ -215,13 +215,15 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
               help="Items never recommended: the user's train items, or train and validation items.")
 @click.option("--users", type=click.Path(dir_okay=False), default=None,
               help="Score only these users: a file of raw user ids, one per line.")
+@click.option("--stall-timeout", "stall_timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Fail (cleanly) when no batch finishes for this many seconds, e.g. no node can host a scorer.")
 @click.pass_context
 def score_command(ctx: click.Context, run_dir: str, model_name: str | None, trial: str | None, address: str | None,
                   dashboard_host: str, submit_to: str | None, runtime_env: str | None, no_wait: bool,
                   **options: Any) -> None:
     """Score every user of RUN_DIR's split with its best checkpoint (Ray Data) and write Parquet."""
     from raycf.cluster import connect
-    from raycf.score import ScoreOptions, run_scoring
+    from raycf.score import ScoreOptions, prepare_scoring
 
     if model_name is not None and trial is not None:
         raise click.UsageError("--model and --trial exclude each other: give one")
@@ -232,9 +234,15 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
         if score_options.out is not None:
             require_cluster_path("--out", score_options.out)
         send_job(ctx, submit_to, runtime_env, no_wait)
-    for line in connect(address, dashboard_host).describe():
+    job = prepare_scoring(run_dir, score_options, model=model_name, trial=trial)  # every check, before Ray
+    try:
+        connection = connect(address, dashboard_host)
+    except BaseException:
+        job.release()
+        raise
+    for line in connection.describe():
         click.echo(line)
-    out, summary = run_scoring(run_dir, score_options, model=model_name, trial=trial)
+    out, summary = job.run()
     click.echo(" ".join(f"{name}@{summary['k']} {summary[name]:.4f}" for name in METRICS)
                + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
                f"{summary['users_per_second']:.0f} users/s)")

@@ -2,15 +2,22 @@
 
 The users (raw id and their train / validation / test item lists) form a Ray dataset; a pool of scorer
 actors, each holding the model (sent once through the object store), turns batches of users into their
-top-k lists and test metrics. Outputs are written under a temporary name and moved into place at the end.
+top-k lists and test metrics. Every input is checked before the first Ray call (`prepare_scoring`); the
+outputs are written under a temporary name and moved into place at the end (`ScoringJob.run`), by one run
+at a time where the output is local (a lock file beside it).
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +29,23 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import torch
+from ray.data.exceptions import ExecutionTimeoutError
+from ray.exceptions import (
+    GetTimeoutError,
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    WorkerCrashedError,
+)
 from scipy.sparse import csr_matrix
 
+from raycf.atomic import DirectoryLock
 from raycf.data.split import Split, load_split
 from raycf.errors import RaycfError
 from raycf.metrics import MASK_PROTOCOLS, METRICS, hits_at_k, top_k, user_metrics
-from raycf.models import SparseBatch
+from raycf.models import Recommender, SparseBatch
 from raycf.models.checkpoint import checkpoint_from_bytes
+from raycf.monitoring import ScoringMetrics
 from raycf.storage import Location, parquet_bytes
 from raycf.train import CHECKPOINT_NAME
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, MODEL_FILE, SPLIT_DIR, TRIALS_FILE
@@ -123,7 +140,8 @@ def select_users(split: Split, users_file: str | None) -> np.ndarray:
     try:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
-        raise RaycfError(f"{path}: cannot read the --users file ({error})") from None
+        raise RaycfError(f"{path}: cannot read the --users file ({error}); pass a file of raw user ids, "
+                         "one per line") from None
     if not lines:
         raise RaycfError(f"{path}: no user ids in the --users file; list raw user ids, one per line")
     kind = split.user_ids.dtype
@@ -213,6 +231,9 @@ class ScoreOptions:
     gpus_per_actor: float = 0.0
     mask: str = "train"
     users: str | None = None
+    stall_timeout_s: float = 600.0
+    """Fail when the job makes no progress this long, e.g. the actor of a lost node has nowhere to restart
+    (waiting for the actors to start counts too)."""
 
 
 @dataclass
@@ -246,23 +267,133 @@ class Tally:
 
 
 def replace_directory(location: Location, staging: str, final: str) -> None:
-    """Move `staging` to `final`, replacing an older output there (the old one is removed after)."""
+    """Move `staging` to `final`, replacing an older output there (the old one is removed after).
+
+    When the second move fails, the older output is moved back before the error goes on."""
     filesystem = location.filesystem
     old = None
     if filesystem.get_file_info(final).type != pafs.FileType.NotFound:
         old = f"{final}.old-{uuid.uuid4().hex[:8]}"
         filesystem.move(final, old)
-    filesystem.move(staging, final)
+    try:
+        filesystem.move(staging, final)
+    except BaseException:
+        if old is not None:
+            filesystem.move(old, final)
+        raise
     if old is not None:
         filesystem.delete_dir(old)
 
 
-def run_scoring(
-    run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None
-) -> tuple[str, dict[str, Any]]:
-    """Score every selected user once and write topk/, user_metrics/ and the summary.
+@contextmanager
+def failures_explained(out: Location, options: ScoreOptions) -> Iterator[None]:
+    """A full disk, an unwritable output and a stalled or broken cluster as one-line RaycfErrors."""
+    as_it_was = f"{out.uri} is left as it was"
+    try:
+        yield
+    except ExecutionTimeoutError:
+        raise RaycfError(
+            f"scoring made no progress for {options.stall_timeout_s:g} s: a scorer actor has nowhere to (re)start, "
+            f"e.g. a node was lost and no node left has {options.cpus_per_actor:g} CPU and "
+            f"{options.gpus_per_actor:g} GPU free; add a node or lower --actors / --cpus-per-actor / "
+            f"--gpus-per-actor, and run again ({as_it_was})") from None
+    except GetTimeoutError:
+        raise RaycfError(
+            f"the cluster could not start {options.actors} scorer actors of {options.cpus_per_actor:g} CPU and "
+            f"{options.gpus_per_actor:g} GPU within {options.stall_timeout_s:g} s; lower --actors / "
+            f"--cpus-per-actor / --gpus-per-actor or add nodes ({as_it_was})") from None
+    except (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError) as error:
+        raise RaycfError(f"scoring lost work on the cluster ({str(error).splitlines()[0]}); run again "
+                         f"({as_it_was})") from None
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise RaycfError(f"{out.uri}: cannot write the output ({os.strerror(error.errno)}); free some space or "
+                         "choose another --out (the output there, if any, is left as it was)") from None
 
-    Returns the output's location and the summary."""
+
+def stage_output(out: Location) -> tuple[DirectoryLock | None, str]:
+    """Lock a local output (see DirectoryLock), remove staging directories of killed runs, stage a new one.
+
+    Returns the lock (None for an object-store URI, which cannot be locked) and the staging path."""
+    staging = f"{out.path}.tmp-{uuid.uuid4().hex[:8]}"
+    lock = DirectoryLock(Path(out.path)) if isinstance(out.filesystem, pafs.LocalFileSystem) else None
+    try:
+        if lock is not None:
+            lock.path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            for leftover in lock.path.parent.glob(f"{glob.escape(lock.directory.name)}.tmp-{'?' * 8}"):
+                shutil.rmtree(leftover)
+        out.filesystem.create_dir(staging, recursive=True)
+    except OSError as error:
+        if lock is not None:
+            lock.release()
+        raise RaycfError(f"{out.uri}: cannot write the output there ({error}); choose another --out") from None
+    return lock, staging
+
+
+@dataclass
+class ScoringJob:
+    """A scoring job whose inputs are read and checked and whose output is staged (and locked when local),
+    before any Ray call. `run` scores and releases; `release` alone gives the output back unused."""
+
+    options: ScoreOptions
+    target: ScoreTarget
+    split: Split
+    rows: np.ndarray
+    checkpoint: bytes
+    model: Recommender
+    checkpoint_epoch: int | None
+    out: Location
+    staging: str
+    lock: DirectoryLock | None
+
+    def run(self) -> tuple[str, dict[str, Any]]:
+        """Score every selected user once, write topk/, user_metrics/ and the summary, move them into place.
+
+        Returns the output's location and the summary; the staging directory and the lock are released
+        whatever happens."""
+        started = time.perf_counter()
+        staged = Location(self.out.uri, self.out.filesystem, self.staging)
+        try:
+            with failures_explained(self.out, self.options):
+                summary = _score(self.split, self.rows, self.checkpoint, self.options, staged)
+                seconds = time.perf_counter() - started
+                summary.update({
+                    "mask": self.options.mask,
+                    "model": self.model.name,
+                    "trial_id": self.target.trial_id,
+                    "hyperparameters": self.model.config.to_dict(),
+                    "checkpoint": self.target.checkpoint,
+                    "checkpoint_epoch": self.checkpoint_epoch,
+                    "dataset": self.split.manifest["source"],
+                    "split_sha256": self.split.manifest["split_sha256"],
+                    "seconds": round(seconds, 3),
+                    "users_per_second": round(summary["users_scored"] / seconds, 1),
+                    "actors": self.options.actors,
+                })
+                flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+                        for key, value in summary.items()}
+                staged.write_bytes(SUMMARY_PARQUET, parquet_bytes(pd.DataFrame([flat])))
+                staged.write_bytes(SUMMARY_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+                replace_directory(self.out, self.staging, self.out.path)
+        finally:
+            self.release()
+        return self.out.uri, summary
+
+    def release(self) -> None:
+        """Remove the staging directory (when still there) and the lock."""
+        if self.out.filesystem.get_file_info(self.staging).type != pafs.FileType.NotFound:
+            self.out.filesystem.delete_dir(self.staging)
+        if self.lock is not None:
+            self.lock.release()
+
+
+def prepare_scoring(
+    run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None
+) -> ScoringJob:
+    """Every check of a scoring job, before any Ray call: options, target, split, checkpoint, --users,
+    and the output location (created, locked, staged). RaycfError on the first that fails."""
     if options.mask not in MASK_PROTOCOLS:
         raise RaycfError(f"--mask must be one of {', '.join(MASK_PROTOCOLS)}, got {options.mask!r}")
     target = resolve_target(run_dir, model, trial)
@@ -274,39 +405,16 @@ def run_scoring(
     scored_model, meta = checkpoint_from_bytes(checkpoint_bytes, target.checkpoint, expect_items=split.n_items)
     rows = select_users(split, options.users)
     out = Location.of(options.out or f"{target.run.uri}/{SCORES_DIR}", "")
-    staging = f"{out.path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        out.filesystem.create_dir(staging, recursive=True)
-    except OSError as error:
-        raise RaycfError(f"{out.uri}: cannot write the output there ({error}); choose another --out") from None
-    started = time.perf_counter()
-    try:
-        staged = Location(out.uri, out.filesystem, staging)
-        summary = _score(split, rows, checkpoint_bytes, options, staged)
-        seconds = time.perf_counter() - started
-        summary.update({
-            "mask": options.mask,
-            "model": scored_model.name,
-            "trial_id": target.trial_id,
-            "hyperparameters": scored_model.config.to_dict(),
-            "checkpoint": target.checkpoint,
-            "checkpoint_epoch": meta.get("epoch"),
-            "dataset": split.manifest["source"],
-            "split_sha256": split.manifest["split_sha256"],
-            "seconds": round(seconds, 3),
-            "users_per_second": round(summary["users_scored"] / seconds, 1),
-            "actors": options.actors,
-        })
-        flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-                for key, value in summary.items()}
-        staged.write_bytes(SUMMARY_PARQUET, parquet_bytes(pd.DataFrame([flat])))
-        staged.write_bytes(SUMMARY_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
-        replace_directory(out, staging, out.path)
-    except BaseException:
-        if out.filesystem.get_file_info(staging).type != pafs.FileType.NotFound:
-            out.filesystem.delete_dir(staging)
-        raise
-    return out.uri, summary
+    lock, staging = stage_output(out)
+    return ScoringJob(options, target, split, rows, checkpoint_bytes, scored_model, meta.get("epoch"), out,
+                      staging, lock)
+
+
+def run_scoring(
+    run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """`prepare_scoring` then `ScoringJob.run`: the output's location and the summary."""
+    return prepare_scoring(run_dir, options, model, trial).run()
 
 
 def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staged: Location) -> dict[str, Any]:
@@ -317,6 +425,8 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
     table = user_table(split, rows)
     block = max(options.batch_size, -(-table.num_rows // (4 * options.actors)))
     users = ray.data.from_arrow([table.slice(start, block) for start in range(0, table.num_rows, block)])
+    users.context.execution_no_progress_timeout_s = options.stall_timeout_s
+    users.context.wait_for_min_actors_s = int(options.stall_timeout_s)  # all actors up before work: it spreads
     scored = users.map_batches(
         Scorer,
         fn_constructor_kwargs={
@@ -334,6 +444,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
         num_gpus=options.gpus_per_actor,
     )
     tally = Tally(options.k)
+    progress = ScoringMetrics(staged.uri)
     writers: dict[str, pq.ParquetWriter] = {}
     try:
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -344,6 +455,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
                                                      filesystem=staged.filesystem)
                 writers[name].write_table(part)
             tally.add(batch)
+            progress.add(batch.num_rows)
     finally:
         for writer in writers.values():
             writer.close()

@@ -244,8 +244,8 @@ def format_summary(metrics: dict[str, Any], out: Path) -> str:
     """A few lines: the run, its best epoch, and validation and test metrics at k."""
     k = metrics["k"]
     lines = [
-        f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
-        f" ({metrics['seconds']:.1f}s)",
+        (f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+         f" ({metrics['seconds']:.1f}s)"),
         f"{'':6s}" + "".join(f"{name + '@' + str(k):>12s}" for name in METRICS),
     ]
     for part in ("valid", "test"):

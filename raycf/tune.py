@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
+import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -18,12 +19,14 @@ import torch
 from ray import tune
 
 from raycf.asha import PerModelASHA
+from raycf.cluster import check_shared_storage
 from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, load_split, save_split
 from raycf.errors import RaycfError
 from raycf.metrics import METRICS
 from raycf.models.checkpoint import save_checkpoint
+from raycf.monitoring import StudyMetrics
 from raycf.repeats import run_repeats
 from raycf.storage import Location, parquet_bytes
 from raycf.study import Study
@@ -36,6 +39,10 @@ TRIALS_FILE = "trials.parquet"
 BEST_FILE = "best.json"
 MODEL_FILE = "model.pt"
 STATE_FILE = "trainer.pt"
+ENDED_FILE = "ended.json"
+"""Written into the last checkpoint of a trial that Tune ended (ASHA stop or its own end)."""
+RETRIES_FILE = "retries.json"
+"""Each trial's failures (retries) by trial directory name, written by the driver when the study ends."""
 TIME_ATTR = "epoch"
 
 
@@ -45,49 +52,100 @@ def metric_name(study_metric: str) -> str:
 
 
 def write_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
-    """model.pt (a raycf checkpoint of the current, best weights) + trainer.pt (the rest of the state)."""
+    """model.pt (a raycf checkpoint of the best epoch's weights) + trainer.pt (the rest of the state).
+
+    trainer.pt holds the current weights only when they are not the best ones (the final checkpoint of a
+    trial whose last epochs did not improve).
+    """
     state = trainer.state_dict()
-    del state["model"]  # model.pt holds the weights
-    save_checkpoint(directory / MODEL_FILE, trainer.model, meta={"epoch": trainer.epoch, "valid": trainer.best_valid})
+    current_is_best = state.pop("best_state") is None
+    if current_is_best:
+        del state["model"]  # model.pt holds them
+    best = trainer.model if current_is_best else trainer.best_model()
+    save_checkpoint(directory / MODEL_FILE, best, meta={"epoch": trainer.best_epoch, "valid": trainer.best_valid})
     torch.save(state, directory / STATE_FILE)
 
 
 def restore_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
-    payload = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+    best = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-    trainer.load_state_dict({**state, "model": payload["state_dict"]})
+    trainer.load_state_dict({**state, "model": state.get("model", best), "best_state": best})
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB: current (/proc/self/statm), else its peak (getrusage)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def run_trial(config: dict[str, Any], split: Split) -> None:
-    """The function trainable: train one config, report every validated epoch, checkpoint improvements."""
+    """The function trainable: train one config, report every validated epoch, checkpoint improvements.
+
+    The last epoch is always reported with a checkpoint, so a trial restored after its end (the driver
+    died before Tune recorded it as ended) returns at once instead of training again; so does a trial
+    whose last checkpoint Tune marked as ended (ENDED_FILE, e.g. an ASHA stop).
+    """
     train_config = TrainConfig.from_dict(config["trial"], where="trial")
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
     device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
     trainer = Trainer(split, train_config, device)
+    node_id = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             restore_trial_checkpoint(trainer, Path(directory))
+            if (Path(directory) / ENDED_FILE).exists():
+                return
     while not trainer.finished:
         report = trainer.run_epoch()
-        if report.valid is None:
-            continue
+        valid = report.valid
+        if valid is None:
+            if not trainer.finished:
+                continue
+            valid = trainer.validate()  # patience ran out on an epoch without validation: report it anyway
         metrics = {
             TIME_ATTR: report.epoch,
             "model": train_config.model,
             "train_seconds": report.train_seconds,
             "valid_seconds": report.valid_seconds,
             "best_epoch": trainer.best_epoch,
-            **{f"valid_{name}": report.valid[name] for name in METRICS},
+            "rss_mb": round(rss_mb(), 1),
+            "node_id": node_id,
+            **{f"valid_{name}": valid[name] for name in METRICS},
             **{f"best_valid_{name}": trainer.best_valid[name] for name in METRICS},
         }
-        if not report.improved:
+        if not (report.improved or trainer.finished):
             tune.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as directory:
             write_trial_checkpoint(trainer, Path(directory))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+class TrialLedger(tune.Callback):
+    """Driver-side records that outlive the driver: which trials Tune ended, and how often each failed."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Mark the ended trial's last checkpoint: a resumed study never trains it again."""
+        if trial.checkpoint is None:
+            return
+        epoch = (trial.last_result or {}).get(TIME_ATTR)
+        with trial.checkpoint.filesystem.open_output_stream(f"{trial.checkpoint.path}/{ENDED_FILE}") as stream:
+            stream.write(json.dumps({"ended_at_epoch": epoch}).encode())
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """RETRIES_FILE: every trial's `num_failures`, which Tune keeps across failures and restores."""
+        if not trials:
+            return
+        storage = trials[0].storage
+        counts = {Path(trial.path).name: trial.num_failures for trial in trials}
+        with storage.storage_filesystem.open_output_stream(f"{storage.experiment_fs_path}/{RETRIES_FILE}") as stream:
+            stream.write((json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
 
 
 @dataclass(frozen=True)
@@ -98,42 +156,6 @@ class TuneOptions:
     """A local directory or a URI pyarrow understands."""
     name: str
     verbose: int = 1
-
-
-def check_reachable(address: str, timeout: float = 3.0) -> None:
-    """Fail fast on a HOST:PORT no one answers at (ray.init would wait for minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise RaycfError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as error:
-        raise RaycfError(f"cannot reach a Ray cluster at {address} ({error.strerror or error}); check --address / "
-                         "RAY_ADDRESS and that the head node runs `ray start --head`, or unset both to start a "
-                         "local Ray") from None
-
-
-def connect(address: str | None) -> str | None:
-    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine.
-
-    Returns the dashboard's URL when this call started or joined Ray and a dashboard runs.
-    """
-    if ray.is_initialized():
-        return None
-    # "local" starts a Ray of our own even when another Ray runs on this machine: without it, ray.init()
-    # joins the latest local cluster it finds, however unrelated.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address not in ("local", "auto"):
-        check_reachable(address)
-    try:
-        context = ray.init(address=address, logging_level="WARNING")
-    except ConnectionError as error:
-        raise RaycfError(
-            f"cannot reach a Ray cluster at {address}: "
-            f"{str(error).splitlines()[0]}; check --address / RAY_ADDRESS, or unset both to start a local Ray"
-        ) from None
-    url = context.dashboard_url
-    return f"http://{url}" if url else None
 
 
 # A trial checkpoints at every improving epoch and keeps one checkpoint, which makes Tune snapshot its
@@ -172,6 +194,7 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
             storage_path=str(options.storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            callbacks=[TrialLedger(), StudyMetrics(options.name)],
             verbose=options.verbose,
         ),
     )
@@ -226,6 +249,7 @@ def finish(location: Location, facts: dict[str, Any], results: tune.ResultGrid, 
 
 def run_study(study: Study, options: TuneOptions) -> StudyResult:
     """Split once, run every trial, write the leaderboard (and the seed repeats)."""
+    check_shared_storage(Location.of(options.storage, ""))
     location = Location.of(options.storage, options.name)
     if location.is_used():
         raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
@@ -245,6 +269,7 @@ def resume_study(run_dir: str) -> StudyResult:
     location = Location.of(run_dir, "")
     if not location.has(STUDY_FILE) or not tune.Tuner.can_restore(location.uri):
         raise RaycfError(f"{run_dir}: no raycf study to resume there; give the run directory that `raycf tune` printed")
+    check_shared_storage(location, option="--resume")
     facts = json.loads(location.read_bytes(STUDY_FILE))
     with tempfile.TemporaryDirectory() as local:
         split = load_split(location.get_directory(SPLIT_DIR, Path(local)))
@@ -267,8 +292,18 @@ def stop_reason(row: dict[str, Any], patience: int, max_t: int) -> str:
     return "asha"
 
 
+def epochs_run(result: tune.Result) -> int:
+    """The last epoch a trial reported, from all its results: a trial restored after its end keeps the last
+    result of its checkpoint, not of its last epoch."""
+    frame = result.metrics_dataframe
+    if frame is not None and TIME_ATTR in frame and frame[TIME_ATTR].notna().any():
+        return int(frame[TIME_ATTR].max())
+    return int((result.metrics or {}).get(TIME_ATTR, 0))
+
+
 def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame:
-    """One row per trial: its hyperparameters, best epoch, best validation metrics and checkpoint."""
+    """One row per trial: its hyperparameters, best epoch, best validation metrics, checkpoint and retries."""
+    retries = json.loads(location.read_bytes(RETRIES_FILE)) if location.has(RETRIES_FILE) else {}
     rows = []
     for result in results:
         config = result.config["trial"]
@@ -276,11 +311,13 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
         row = {
             "trial_id": metrics.get("trial_id", Path(result.path).name),
             "model": config["model"],
-            "epochs_run": int(metrics.get(TIME_ATTR, 0)),
+            "epochs_run": epochs_run(result),
             "best_epoch": int(metrics.get("best_epoch", 0)),
             **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan"))) for name in METRICS},
             "checkpoint": location.uri_of(f"{result.checkpoint.path}/{MODEL_FILE}") if result.checkpoint else None,
             "error": str(result.error).splitlines()[0][:300] if result.error else None,
+            "retries": int(retries.get(Path(result.path).name, 0)),
+            "node_id": metrics.get("node_id"),
             "config": json.dumps(config, sort_keys=True),
             **{f"hp_{key}": value for key, value in config.items() if key != "model"},
         }
@@ -312,8 +349,9 @@ def write_results(location: Location, facts: dict[str, Any], results: tune.Resul
         "metric": key,
         "mode": facts["mode"],
         "split": f"{location.uri}/{SPLIT_DIR}",
-        "trials": int(len(trials)),
+        "trials": len(trials),
         "stopped_by": trials["stopped_by"].value_counts().to_dict(),
+        "retries": int(trials["retries"].sum()),
         "seconds": round(seconds, 2),
     }
     location.write_bytes(BEST_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())

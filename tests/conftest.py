@@ -38,8 +38,10 @@ def small_split() -> Split:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One real Ray for the whole test session: two simulated nodes of 1 CPU each, no dashboard."""
+def session_cluster():
+    """One real Ray for the whole test session: two simulated nodes of 1 CPU each, no dashboard.
+
+    The `ray.cluster_utils.Cluster` itself: a test may add nodes, and removes those it added."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -47,9 +49,17 @@ def ray_cluster():
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR", configure_logging=False)
-    yield ray
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(session_cluster):
+    """`ray`, connected to the session's cluster."""
+    import ray
+
+    return ray
 
 
 TINY_STUDY = """

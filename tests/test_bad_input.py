@@ -111,10 +111,9 @@ def code_pickle(path: Path) -> None:
     write_code_pickle(path, path.parents[1] / MARKER)
 
 
-def case(case_id: str, args: Args, where: str, fix: str, *, scores: bool = False, xfail: str | None = None) -> Any:
-    """One row: pytest.param(Case(...), id=case_id), strictly xfail'd with the change it needs if `xfail`."""
-    marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=xfail)] if xfail else []
-    return pytest.param(Case(args, where, fix, scores), id=case_id, marks=marks)
+def case(case_id: str, args: Args, where: str, fix: str, *, scores: bool = False) -> Any:
+    """One row: pytest.param(Case(...), id=case_id)."""
+    return pytest.param(Case(args, where, fix, scores), id=case_id)
 
 
 CASES = [
@@ -188,10 +187,8 @@ CASES = [
     case("cli-missing-run-dir", command("score", "{tmp}/nowhere"), "nowhere: not a run directory",
          "expected best.json (raycf tune)", scores=True),
     case("cli-missing-run-dir-before-ray", command("score", "{tmp}/nowhere"), "nowhere: not a run directory",
-         "expected best.json (raycf tune)",
-         xfail="cli.py score_command calls connect() before run_scoring checks RUN_DIR, so bad input starts Ray"),
-    case("cli-missing-users-file", score("--users", "{tmp}/users.txt"), "users.txt", "one per line", scores=True,
-         xfail="score.py select_users says 'cannot read the --users file (...)' with no way out"),
+         "expected best.json (raycf tune)"),
+    case("cli-missing-users-file", score("--users", "{tmp}/users.txt"), "users.txt", "one per line", scores=True),
 ]
 
 

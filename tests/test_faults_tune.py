@@ -1,0 +1,259 @@
+"""Faults in a `raycf tune` study on a real Ray: killed trial workers, a killed driver, lost trial endings.
+
+Each trial's `result.json` (one row per reported epoch: `epoch`, `pid`, `checkpoint_dir_name`) is the
+record of what ran where; the assertions compare it before and after each fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from conftest import run_raycf
+
+from raycf.config import TrainConfig
+from raycf.data.split import load_split
+from raycf.models.checkpoint import load_checkpoint
+from raycf.storage import Location
+from raycf.train import Trainer
+from raycf.tune import (
+    BEST_FILE,
+    ENDED_FILE,
+    MODEL_FILE,
+    SPLIT_DIR,
+    STATE_FILE,
+    STUDY_FILE,
+    TRIALS_FILE,
+    restore_trial_checkpoint,
+    trainable_for,
+    write_results,
+    write_trial_checkpoint,
+)
+
+Row = dict[str, Any]
+
+# Epochs of about 0.1 s (2,000 users x 400 items), so that a kill lands mid-epoch and mid-trial.
+FAULT_STUDY = """
+name: faults
+seed: 0
+data:
+  dataset: synthetic
+  synthetic: {{n_users: 2000, n_items: 400}}
+scheduler: {{type: fifo, max_t: {max_t}}}
+resources: {{cpus_per_trial: 1}}
+max_failures: 2
+models:
+  multvae:
+    fixed: {{hidden: 32, lr: 1.0e-2}}
+    search:
+      patience: {{grid: {patiences}}}
+  autorec:
+    fixed: {{hidden: 32, lr: 1.0e-2, patience: {max_t}}}
+"""
+
+
+def write_study(tmp_path: Path, max_t: int, patiences: list[int]) -> Path:
+    path = tmp_path / "faults.yaml"
+    path.write_text(FAULT_STUDY.format(max_t=max_t, patiences=patiences))
+    return path
+
+
+def result_rows(trial_dir: Path) -> list[Row]:
+    """The trial's reported epochs as the run directory holds them now (a line being written is left out)."""
+    path = trial_dir / "result.json"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def all_rows(run_dir: Path) -> dict[str, list[Row]]:
+    return {trial_dir.name: result_rows(trial_dir) for trial_dir in sorted(run_dir.glob("run_trial_*"))}
+
+
+def last_checkpointed_epoch(rows: list[Row]) -> int:
+    """The epoch of the last row reported with a checkpoint."""
+    return [row for row in rows if row["checkpoint_dir_name"]][-1]["epoch"]
+
+
+def ended(rows: list[Row]) -> bool:
+    """Whether these rows are a whole trial: Tune stopped it (done) or it met its own end."""
+    last, config = rows[-1], rows[-1]["config"]["trial"]
+    return bool(last["done"]) or last["epoch"] >= config["max_epochs"] or (
+        last["epoch"] - last["best_epoch"] >= config["patience"])
+
+
+def tune_state(run_dir: Path) -> dict[str, tuple[str, int | None]]:
+    """Per trial id, what Tune's latest saved experiment state (what a resume starts from) holds: the status,
+    and the epoch of the trial's checkpoint (None without one)."""
+    from ray.tune.experiment import Trial
+
+    state = json.loads(max(run_dir.glob("experiment_state-*.json")).read_text())
+    held = {}
+    for trial_json, run_metadata in state["trial_data"]:
+        trial = Trial.from_json_state(trial_json, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        epoch = None
+        if trial.checkpoint is not None:
+            epoch = torch.load(Path(trial.checkpoint.path) / STATE_FILE, weights_only=True)["epoch"]
+        held[trial.trial_id] = (json.loads(trial_json)["status"], epoch)
+    return held
+
+
+def test_trial_checkpoint_keeps_the_best_weights_and_a_finished_trainer_stays_finished(small_split, tmp_path):
+    config = TrainConfig.for_model("multvae", hidden=16, lr=1e-2, max_epochs=40, patience=3, seed=0)
+    trainer = Trainer(small_split, config)
+    while not trainer.finished:
+        report = trainer.run_epoch()
+        if report.improved:  # a mid-run checkpoint: the run continues from it exactly
+            write_trial_checkpoint(trainer, tmp_path)
+            resumed = Trainer(small_split, config)
+            restore_trial_checkpoint(resumed, tmp_path)
+            assert resumed.run_epoch().loss == trainer.run_epoch().loss
+    assert trainer.epoch > trainer.best_epoch  # the last epochs did not improve
+    write_trial_checkpoint(trainer, tmp_path)
+    model, meta = load_checkpoint(tmp_path / MODEL_FILE)
+    assert meta["epoch"] == trainer.best_epoch
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trainer.best_state[name].cpu())
+    restored = Trainer(small_split, config)
+    restore_trial_checkpoint(restored, tmp_path)
+    assert restored.finished and (restored.epoch, restored.best_epoch) == (trainer.epoch, trainer.best_epoch)
+    for name, tensor in restored.model.state_dict().items():
+        assert torch.equal(tensor, trainer.model.state_dict()[name])
+
+
+def kill_workers(run_dir: Path, model: str, at_epochs: list[int], killed: list[Row], stop: threading.Event) -> None:
+    """SIGKILL the worker of the `model` trial once it has reported `at_epochs[k]` epochs, for each k in turn;
+    the trial has a checkpoint by then (epoch 1 always improves) and is mid-epoch."""
+    while len(killed) < len(at_epochs) and not stop.is_set():
+        for rows in all_rows(run_dir).values():
+            if not rows or rows[0]["model"] != model:
+                continue
+            live = [row for row in rows if row["pid"] not in {old["pid"] for old in killed}]
+            if live and live[-1]["epoch"] >= at_epochs[len(killed)]:
+                os.kill(live[-1]["pid"], signal.SIGKILL)
+                killed.append(live[-1])
+        time.sleep(0.05)
+
+
+def test_killed_trial_worker_is_retried_from_its_last_checkpoint(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.2")  # result.json in the run directory lags 0.2 s at most
+    study = write_study(tmp_path, max_t=40, patiences=[40])
+    run_dir = tmp_path / "run"
+    killed: list[Row] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_workers, args=(run_dir, "multvae", [3, 12], killed, stop), daemon=True)
+    killer.start()
+    try:
+        assert run_raycf("tune", str(study), "--storage", str(tmp_path), "--name", "run") == 0
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 2, "the trial ended before both faults were injected"
+    trials = pd.read_parquet(run_dir / TRIALS_FILE).set_index("model")
+    assert trials["error"].isna().all() and (trials["epochs_run"] == 40).all()
+    assert trials.loc["multvae", "retries"] == 2 and trials.loc["autorec", "retries"] == 0
+    assert json.loads((run_dir / BEST_FILE).read_text())["retries"] == 2
+    rows = result_rows(run_dir / Path(trials.loc["multvae", "checkpoint"]).parent.parent.name)
+    pids = list(dict.fromkeys(row["pid"] for row in rows))
+    assert pids[:2] == [row["pid"] for row in killed] and len(pids) == 3
+    rerun = 0
+    for pid in pids[1:]:  # each new worker starts right after the last checkpoint its predecessors reported
+        start = next(index for index, row in enumerate(rows) if row["pid"] == pid)
+        checkpointed = last_checkpointed_epoch(rows[:start])
+        assert rows[start]["epoch"] == checkpointed + 1
+        rerun += rows[start - 1]["epoch"] - checkpointed
+    assert [row["epoch"] for row in rows if row["pid"] == pids[-1]][-1] == 40
+    print(f"\nworker kills at epochs {[row['epoch'] for row in killed]}, resumed at "
+          f"{[next(row['epoch'] for row in rows if row['pid'] == pid) for pid in pids[1:]]}; faults injected 2, "
+          f"survived 2; reported epochs trained again after the kills {rerun}")
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, tmp_path):
+    # Mult-VAE with patience 3 ends early while its patience-40 twin runs on without checkpoints (its best
+    # epoch is long past): Tune saves its experiment state only every 10 s then, so a driver killed right
+    # after the first trial's end usually finds it recorded as still running.
+    study = write_study(tmp_path, max_t=40, patiences=[3, 40])
+    run_dir = tmp_path / "run"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raycf", "tune", str(study), "--storage", str(tmp_path), "--name", "run",
+         "--address", ray_cluster.get_runtime_context().gcs_address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once a trial has ended and another one is mid-run
+        states = [ended(rows) for rows in all_rows(run_dir).values() if rows]
+        if any(states) and not all(states):
+            break
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started, mid-study
+    driver.wait()
+    killed_at = time.time()
+    assert not (run_dir / TRIALS_FILE).exists(), "the study finished before it could be interrupted"
+    stored = all_rows(run_dir)
+    held = tune_state(run_dir)
+    assert run_raycf("tune", "--resume", str(run_dir)) == 0
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    assert len(trials) == 3 and trials["error"].isna().all() and (trials["retries"] == 0).all()
+    assert json.loads((run_dir / BEST_FILE).read_text())["retries"] == 0
+    outcomes = {"ended before the kill": 0, "of them, held as running by Tune": 0, "interrupted": 0,
+                "not started": 0}
+    rerun = 0
+    for name, rows in all_rows(run_dir).items():
+        assert rows[: len(stored.get(name, []))] == stored.get(name, [])  # nothing stored before the kill is lost
+        old = [row for row in rows if row["timestamp"] <= killed_at]  # what the killed driver recorded
+        new = rows[len(old):]
+        assert all(row["timestamp"] > killed_at for row in new)
+        status, checkpointed = held[rows[0]["trial_id"]]
+        if old and ended(old):
+            outcomes["ended before the kill"] += 1
+            outcomes["of them, held as running by Tune"] += status != "TERMINATED"
+            assert new == [], f"{name} trained again after it had ended"
+        elif old:
+            outcomes["interrupted"] += 1
+            assert new[0]["epoch"] == checkpointed + 1, f"{name} did not continue from its last checkpoint"
+            rerun += old[-1]["epoch"] - checkpointed
+        else:
+            outcomes["not started"] += 1
+            assert new[0]["epoch"] == 1
+        assert ended(rows)
+    assert outcomes["ended before the kill"] >= 1 and outcomes["interrupted"] >= 1
+    print(f"\ndriver killed once; trials {outcomes}; reported epochs trained again after the kill {rerun}")
+
+
+def test_trials_restored_after_their_end_do_not_train_again(ray_cluster, tiny_study, tmp_path):
+    """Tune keeps trial endings in an experiment state saved every few seconds: a driver killed right after a
+    trial ended can restore it as unfinished. Here every ended trial is restored that way, on purpose."""
+    from ray import tune
+    from ray.tune.tune_config import ResumeConfig
+
+    assert run_raycf("tune", str(tiny_study), "--storage", str(tmp_path), "--name", "run") == 0
+    run_dir = tmp_path / "run"
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    assert set(trials["stopped_by"]) >= {"asha"} and set(trials["stopped_by"]) & {"patience", "max_t"}
+    for _, trial in trials[trials["stopped_by"] != "asha"].iterrows():  # these rely on their final checkpoint
+        (Path(trial["checkpoint"]).parent / ENDED_FILE).unlink()
+    before = all_rows(run_dir)
+    facts = json.loads((run_dir / STUDY_FILE).read_text())
+    resume_all = ResumeConfig(finished=ResumeConfig.ResumeType.RESUME)
+    trainable = trainable_for(load_split(run_dir / SPLIT_DIR), facts)
+    results = tune.Tuner.restore(str(run_dir), trainable=trainable, _resume_config=resume_all).fit()
+    assert all_rows(run_dir) == before
+    again = write_results(Location.of(str(run_dir), ""), facts, results, 0.0)
+    assert len(again) == 2
+    columns = ["trial_id", "epochs_run", "best_epoch", "valid_ndcg", "stopped_by", "checkpoint", "retries"]
+    assert pd.read_parquet(run_dir / TRIALS_FILE)[columns].sort_values("trial_id").reset_index(drop=True).equals(
+        trials[columns].sort_values("trial_id").reset_index(drop=True))
