@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from raycf.study import load_study
 from raycf.cluster import connect
+from raycf.study import load_study
 from raycf.tune import TuneOptions, run_study
 
 ML1M = Path(os.environ.get("RAYCF_ML1M", Path(__file__).resolve().parents[2] / "shared/data/ml-1m/ratings.dat.gz"))

@@ -22,7 +22,7 @@ from raycf.data.split import Split, save_split, split_interactions
 from raycf.data.synthetic import generate_synthetic
 from raycf.models import build_model
 from raycf.models.checkpoint import save_checkpoint
-from raycf.score import Scorer, ScoreOptions, run_scoring, user_table
+from raycf.score import ScoreOptions, Scorer, run_scoring, user_table
 from raycf.train import CHECKPOINT_NAME
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"

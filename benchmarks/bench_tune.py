@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from raycf.cluster import connect
 from raycf.data.split import load_split
 from raycf.evaluate import evaluate_model, summarize
 from raycf.metrics import METRICS
 from raycf.models.checkpoint import load_checkpoint
 from raycf.study import apply_overrides, load_study
-from raycf.cluster import connect
 from raycf.tune import SPLIT_DIR, TRIALS_FILE, TuneOptions, run_study
 
 
