@@ -27,8 +27,8 @@ from raycf.score import SCORES_DIR, SUMMARY_JSON
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

@@ -306,11 +306,11 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
     retries = json.loads(location.read_bytes(RETRIES_FILE)) if location.has(RETRIES_FILE) else {}
     rows = []
     for result in results:
-        config = result.config["trial"]
+        config = (result.config or {}).get("trial", {})  # empty for a trial that never started
         metrics = result.metrics or {}
         row = {
             "trial_id": metrics.get("trial_id", Path(result.path).name),
-            "model": config["model"],
+            "model": config.get("model", "unknown"),
             "epochs_run": epochs_run(result),
             "best_epoch": int(metrics.get("best_epoch", 0)),
             **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan"))) for name in METRICS},
@@ -321,7 +321,7 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
             "config": json.dumps(config, sort_keys=True),
             **{f"hp_{key}": value for key, value in config.items() if key != "model"},
         }
-        row["stopped_by"] = stop_reason(row, config["patience"], facts["max_t"])
+        row["stopped_by"] = stop_reason(row, config.get("patience", 0), facts["max_t"])
         rows.append(row)
     return pd.DataFrame(rows)
 

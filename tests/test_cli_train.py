@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_raycf
+
 from raycf.data.split import load_split
 from raycf.evaluate import evaluate_model, summarize
 from raycf.models.checkpoint import load_checkpoint

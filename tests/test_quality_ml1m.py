@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ml1m_path
+
 from raycf.config import TrainConfig
 from raycf.data.loaders import read_interactions
 from raycf.data.split import Split, split_interactions

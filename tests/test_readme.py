@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_block_commands() -> list[list[str]]:
     """The commands of README's `## Run` bash block, split at `&&`."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"^## Run\n\n```bash\n(.+?)\n```", text, re.S | re.M).group(1)
+    block = re.search(r"^## Run\n\n```bash\n(.+?)\n```", text, re.DOTALL | re.MULTILINE).group(1)
     return [shlex.split(command) for command in block.split("&&")]
 
 

@@ -9,10 +9,16 @@ from pathlib import Path
 import matplotlib.image
 import pandas as pd
 import pytest
-
 from conftest import TINY_STUDY, run_raycf
+
 from raycf.metrics import METRICS
-from raycf.report import CURVES_PNG, HYPERPARAMETERS_PNG, REPORT_HTML, REPORT_MD, write_report
+from raycf.report import (
+    CURVES_PNG,
+    HYPERPARAMETERS_PNG,
+    REPORT_HTML,
+    REPORT_MD,
+    write_report,
+)
 
 SECTIONS = ("## Run", "## Leaderboard", "## Learning curves", "## Hyperparameters", "## Test metrics",
             "## Seed repeats")

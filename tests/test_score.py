@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TINY_STUDY, run_raycf
+
 from raycf.config import TrainConfig
 from raycf.data.source import DataSpec
 from raycf.data.split import load_split

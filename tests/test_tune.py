@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_raycf
+
 from raycf.config import TrainConfig
 from raycf.data.split import load_split, split_interactions
 from raycf.data.synthetic import generate_synthetic
-from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
-from raycf.train import train
 from raycf.evaluate import evaluate_model, summarize
 from raycf.models.checkpoint import load_checkpoint
+from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
+from raycf.train import train
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
