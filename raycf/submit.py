@@ -8,6 +8,7 @@ raycf's dependencies (cluster.yaml installs them), or `--runtime-env FILE` names
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import sys
 from collections.abc import Callable
@@ -82,8 +83,13 @@ def dashboard_client(address: str) -> Any:
         raise RaycfError(f"--submit {address}: expected the dashboard's address, like http://HEAD:8265")
     check_reachable(f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}",
                     option="--submit")
+    from ray.exceptions import AuthenticationError
+
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise RaycfError(f"--submit {address}: the cluster asks for its auth token; set RAY_AUTH_TOKEN (or put it "
+                         "in ~/.ray/auth_token) as on the cluster's nodes, with RAY_AUTH_MODE=token") from None
     except (ConnectionError, RuntimeError) as error:
         raise RaycfError(f"--submit {address}: no Ray job server answers there ({str(error).splitlines()[0]}); "
                          "give the head node's dashboard address (port 8265)") from None
@@ -93,6 +99,10 @@ def submit(address: str, argv: list[str], runtime_env_file: str | None, wait: bo
            echo: Callable[[str], None]) -> int:
     """Send `raycf ARGV` as a Ray Job; follow its logs unless `wait` is off. Returns the exit status."""
     client = dashboard_client(address)
+    # The job's own log is what the user follows: quiet the SDK's packaging and upload chatter, and its
+    # warning that .git is now left out of a working_dir by default (raycf always left it out).
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     entrypoint = shlex.join(["python", "-m", "raycf", *job_arguments(argv)])
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(runtime_env_file, Path.cwd()),
                                metadata={"tool": "raycf", "command": argv[0] if argv else ""})

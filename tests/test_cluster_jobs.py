@@ -266,3 +266,55 @@ def test_bad_submission_is_one_line_and_exit_2_within_seconds(args: list[str], e
     assert len(lines) == 1 and lines[0].startswith("raycf: error:") and expected in lines[0], done.stderr
     assert time.monotonic() - started < 15
     assert not Path("/tmp/raycf-never-written").exists()
+
+
+STATUS = ("import sys; from ray.job_submission import JobSubmissionClient; "
+          "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]))")
+
+
+def wait_for_job(cluster: TwoNodeCluster, job_id: str, seconds: float = 240) -> str:
+    """The job's final status (SUCCEEDED, FAILED or STOPPED), asked of the job server with the token."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done = subprocess.run([sys.executable, "-c", STATUS, cluster.dashboard, job_id], env=cluster.env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        status = done.stdout.strip()
+        if status in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
+
+
+def job_id_in(output: str) -> str:
+    return next(word for word in output.split() if word.startswith("raysubmit_"))
+
+
+def test_a_submission_without_the_clusters_token_is_one_line(two_nodes: TwoNodeCluster) -> None:
+    env = {key: value for key, value in two_nodes.env.items() if not key.startswith("RAY_AUTH")}
+    done = subprocess.run([*RAYCF, "tune", "studies/quickstart.yaml", "--submit", two_nodes.dashboard, "--storage",
+                           str(two_nodes.base / "shared")], cwd=ROOT, env={**env, "HOME": str(two_nodes.base)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "auth token" in lines[0], done.stderr
+
+
+def test_ctrl_c_detaches_and_no_wait_returns_at_once_while_the_jobs_go_on(two_nodes: TwoNodeCluster,
+                                                                          submitted_study: ClusterRun) -> None:
+    follower = subprocess.Popen([*RAYCF, "tune", "studies/quickstart.yaml", "--submit", two_nodes.dashboard,
+                                 "--storage", str(two_nodes.base / "shared"), "--name", "detached"],
+                                cwd=ROOT, env=two_nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = follower.stdout.readline()
+    while first and not first.startswith("submitted Ray job raysubmit_"):
+        first = follower.stdout.readline()
+    time.sleep(3)
+    follower.send_signal(signal.SIGINT)
+    rest, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0 and "detached" in rest
+    started = time.monotonic()
+    done = raycf("score", str(submitted_study.run_dir), "--out", str(two_nodes.base / "shared" / "no-wait"),
+                 "--submit", two_nodes.dashboard, "--no-wait", env=two_nodes.env)
+    assert time.monotonic() - started < 20 and "ray job logs --follow" in done.stdout
+    assert wait_for_job(two_nodes, job_id_in(first)) == "SUCCEEDED"  # Ctrl-C did not stop the study
+    assert (two_nodes.base / "shared" / "detached" / TRIALS_FILE).is_file()
+    assert wait_for_job(two_nodes, job_id_in(done.stdout)) == "SUCCEEDED"
+    assert (two_nodes.base / "shared" / "no-wait" / SUMMARY_JSON).is_file()
