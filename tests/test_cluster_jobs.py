@@ -193,7 +193,8 @@ def result_rows(trial_dir: Path) -> pd.DataFrame:
 def test_cluster_outputs_equal_a_one_node_run(two_nodes: TwoNodeCluster, submitted_study: ClusterRun,
                                               tmp_path: Path) -> None:
     local_env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    raycf("tune", "studies/quickstart.yaml", "--storage", str(tmp_path), "--name", "single", env=local_env)
+    done = raycf("tune", "studies/quickstart.yaml", "--storage", str(tmp_path), "--name", "single", env=local_env)
+    assert "Ray dashboard: http://127.0.0.1:" in done.stdout  # the local Ray raycf starts listens on loopback
     single, cluster = tmp_path / "single", submitted_study.run_dir
     for part in sorted((single / SPLIT_DIR).iterdir()):  # the same split, byte for byte
         assert part.read_bytes() == (cluster / SPLIT_DIR / part.name).read_bytes(), part.name
