@@ -96,8 +96,9 @@ def check_shared_storage(location: Location, option: str = "--storage", timeout:
         return
     location.filesystem.create_dir(location.path, recursive=True)
     token = uuid.uuid4().hex
-    marker = f"{location.path}/.raycf-shared-{token}"
-    location.write_bytes(f".raycf-shared-{token}", token.encode())
+    name = f".raycf-shared-{token}"
+    marker = f"{location.path}/{name}"
+    location.write_bytes(name, token.encode())
     reader = ray.remote(num_cpus=0)(read_marker)
     try:
         reads = [

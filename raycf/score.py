@@ -309,7 +309,7 @@ def failures_explained(out: Location, options: ScoreOptions) -> Iterator[None]:
         if error.errno is None:
             raise
         raise RaycfError(f"{out.uri}: cannot write the output ({os.strerror(error.errno)}); free some space or "
-                         "choose another --out (the output there, if any, is left as it was)") from None
+                         f"choose another --out ({as_it_was})") from None
 
 
 def stage_output(out: Location) -> tuple[DirectoryLock | None, str]:

@@ -90,11 +90,12 @@ def run_trial(config: dict[str, Any], split: Split) -> None:
     whose last checkpoint Tune marked as ended (ENDED_FILE, e.g. an ASHA stop).
     """
     train_config = TrainConfig.from_dict(config["trial"], where="trial")
-    resources = ray.get_runtime_context().get_assigned_resources()
+    context = ray.get_runtime_context()
+    resources = context.get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
     device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
     trainer = Trainer(split, train_config, device)
-    node_id = ray.get_runtime_context().get_node_id()
+    node_id = context.get_node_id()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
