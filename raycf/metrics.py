@@ -16,6 +16,7 @@ import torch
 
 METRICS = ("precision", "recall", "ndcg", "mrr")
 MASK_PROTOCOLS = ("train", "train+valid")
+FIXED_POINT_BITS = 60  # metric values in [0, 1] are summed as whole multiples of 2**-60
 
 
 def _canonical(x: sp.spmatrix) -> sp.csr_matrix:
@@ -159,14 +160,26 @@ def user_metrics(
     return {name: np.where(has, value, np.nan) for name, value in out.items()}
 
 
+def exact_sum(values: np.ndarray) -> int:
+    """The sum of metric values in [0, 1], in units of 2**-FIXED_POINT_BITS.
+
+    Integer sums are exact, so a mean built from them is the same however the users were
+    split into batches or ordered (float sums are not: they differ in the last bits).
+    """
+    units = np.rint(np.ldexp(np.asarray(values, dtype=np.float64), FIXED_POINT_BITS))
+    return sum(units.astype(np.int64).tolist())
+
+
+def exact_mean(total: int, count: int) -> float:
+    """The mean of `count` values whose `exact_sum` is `total`, correctly rounded; NaN if none."""
+    return total / (count << FIXED_POINT_BITS) if count else float("nan")
+
+
 def mean_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     """Means of METRICS over users with a held-out item (NaN if none), and "users": their count."""
     valid = ~np.isnan(per_user[METRICS[0]])
     users = int(valid.sum())
-    means = {
-        name: float(per_user[name][valid].mean()) if users else float("nan")
-        for name in METRICS
-    }
+    means = {name: exact_mean(exact_sum(per_user[name][valid]), users) for name in METRICS}
     return {**means, "users": users}
 
 

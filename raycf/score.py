@@ -42,7 +42,7 @@ from scipy.sparse import csr_matrix
 from raycf.atomic import DirectoryLock
 from raycf.data.split import Split, load_split
 from raycf.errors import RaycfError
-from raycf.metrics import MASK_PROTOCOLS, METRICS, hits_at_k, top_k, user_metrics
+from raycf.metrics import MASK_PROTOCOLS, METRICS, exact_mean, exact_sum, hits_at_k, top_k, user_metrics
 from raycf.models import Recommender, SparseBatch
 from raycf.models.checkpoint import checkpoint_from_bytes
 from raycf.monitoring import ScoringMetrics
@@ -238,12 +238,12 @@ class ScoreOptions:
 
 @dataclass
 class Tally:
-    """Running sums over the scored batches: users, users with a test item, metric sums, nodes."""
+    """Running sums over the scored batches: users, users with a test item, exact metric sums, nodes."""
 
     k: int
     users: int = 0
     evaluated: int = 0
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0.0))
+    sums: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
     nodes: set[str] = field(default_factory=set)
 
     def add(self, batch: pa.Table) -> None:
@@ -251,13 +251,13 @@ class Tally:
         self.users += batch.num_rows
         self.evaluated += int(with_test.sum())
         for name in METRICS:
-            self.sums[name] += float(batch[name].to_numpy()[with_test].sum())
+            self.sums[name] += exact_sum(batch[name].to_numpy()[with_test])
         self.nodes.update(batch["node_id"].unique().to_pylist())
 
     def summary(self) -> dict[str, Any]:
         """Means over users with at least one test item, and who was left out of them and why."""
         return {
-            **{name: self.sums[name] / self.evaluated if self.evaluated else float("nan") for name in METRICS},
+            **{name: exact_mean(self.sums[name], self.evaluated) for name in METRICS},
             "k": self.k,
             "users_scored": self.users,
             "users_evaluated": self.evaluated,

@@ -13,6 +13,8 @@ from raycf.metrics import (
     MASK_PROTOCOLS,
     METRICS,
     evaluate,
+    exact_mean,
+    exact_sum,
     hits_at_k,
     known_items,
     mean_metrics,
@@ -190,6 +192,18 @@ def test_mean_metrics_no_users() -> None:
     means = mean_metrics(user_metrics(np.zeros((2, 3), bool), np.array([0, 0]), 3))
     assert means["users"] == 0
     assert all(math.isnan(means[name]) for name in METRICS)
+
+
+def test_exact_mean_is_the_same_however_the_values_are_batched_and_ordered() -> None:
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(50_000), np.ones(500), np.zeros(500), [1e-9, 2.0**-70]])
+    whole = exact_mean(exact_sum(values), len(values))
+    assert whole == pytest.approx(math.fsum(values) / len(values), rel=1e-15)
+    shuffled = rng.permutation(values)
+    for parts in (7, 64, 1001):  # float sums of these batchings differ in the last bits; these must not
+        batched = sum(exact_sum(part) for part in np.array_split(shuffled, parts))
+        assert exact_mean(batched, len(values)) == whole
+    assert exact_sum(np.array([])) == 0 and exact_mean(0, 0) != exact_mean(0, 0)  # NaN
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 256])
