@@ -42,7 +42,15 @@ from scipy.sparse import csr_matrix
 from raycf.atomic import DirectoryLock
 from raycf.data.split import Split, load_split
 from raycf.errors import RaycfError
-from raycf.metrics import MASK_PROTOCOLS, METRICS, exact_mean, exact_sum, hits_at_k, top_k, user_metrics
+from raycf.metrics import (
+    MASK_PROTOCOLS,
+    METRICS,
+    exact_mean,
+    exact_sum,
+    hits_at_k,
+    top_k,
+    user_metrics,
+)
 from raycf.models import Recommender, SparseBatch
 from raycf.models.checkpoint import checkpoint_from_bytes
 from raycf.monitoring import ScoringMetrics
