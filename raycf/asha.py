@@ -3,18 +3,43 @@
 Mult-VAE reaches a good validation NDCG@5 within a few epochs while AutoRec starts slowly; one shared
 ASHA would stop every AutoRec trial at the first rung. This scheduler keeps one Ray `ASHAScheduler`
 per model and hands each trial's events to its model's scheduler.
+
+Ray does not save a scheduler's state with the experiment, so a resumed study would start with empty
+rungs and let every trial through them. Instead, each trial added with results already on storage (a
+resumed trial) has them replayed into its model's rungs first, in the order they were reported.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pyarrow.fs as pafs
+from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 
 def trial_model(trial: Trial) -> str:
     return trial.config["trial"]["model"]
+
+
+def reported_results(trial: Trial) -> list[dict[str, Any]]:
+    """The results the trial reported before (its result file on storage); none for a new trial."""
+    if trial.storage is None or trial.storage.trial_dir_name is None:  # new: Tune names its directory later
+        return []
+    filesystem, path = trial.storage.storage_filesystem, f"{trial.path}/{EXPR_RESULT_FILE}"
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return []
+    with filesystem.open_input_stream(path) as stream:
+        lines = stream.readall().decode().splitlines()
+    results = []
+    for line in lines:
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:  # a last line cut short by a killed driver
+            break
+    return results
 
 
 class PerModelASHA(FIFOScheduler):
@@ -30,6 +55,7 @@ class PerModelASHA(FIFOScheduler):
         }
         self._mode: str | None = None
         self.by_model: dict[str, ASHAScheduler] = {}
+        self._replayed: set[str] = set()
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         self._metric, self._mode = metric, mode
@@ -42,7 +68,12 @@ class PerModelASHA(FIFOScheduler):
         return self.by_model[model]
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        self._scheduler(trial).on_trial_add(tune_controller, trial)
+        scheduler = self._scheduler(trial)
+        scheduler.on_trial_add(tune_controller, trial)
+        if trial.trial_id not in self._replayed:  # a retried trial is added again: its results are in already
+            self._replayed.add(trial.trial_id)
+            for result in reported_results(trial):  # the decisions were taken then; only the rungs are filled
+                scheduler.on_trial_result(tune_controller, trial, result)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
