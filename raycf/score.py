@@ -378,7 +378,6 @@ class ScoringJob:
                     "split_sha256": self.split.manifest["split_sha256"],
                     "seconds": round(seconds, 3),
                     "users_per_second": round(summary["users_scored"] / seconds, 1),
-                    "actors": self.options.actors,
                 })
                 flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
                         for key, value in summary.items()}
@@ -432,7 +431,9 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
     """
     table = user_table(split, rows)
     block = max(options.batch_size, -(-table.num_rows // (4 * options.actors)))
-    users = ray.data.from_arrow([table.slice(start, block) for start in range(0, table.num_rows, block)])
+    blocks = [table.slice(start, block) for start in range(0, table.num_rows, block)]
+    actors = max(1, min(options.actors, len(blocks)))  # an actor without a block would only start and idle
+    users = ray.data.from_arrow(blocks)
     users.context.execution_no_progress_timeout_s = options.stall_timeout_s
     users.context.wait_for_min_actors_s = int(options.stall_timeout_s)  # all actors up before work: it spreads
     scored = users.map_batches(
@@ -447,7 +448,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor,
     )
@@ -467,4 +468,4 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
     finally:
         for writer in writers.values():
             writer.close()
-    return tally.summary()
+    return {**tally.summary(), "actors": actors}

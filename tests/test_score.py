@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +96,14 @@ def test_mask_train_plus_valid_and_a_user_subset(ray_cluster, tune_run, tmp_path
     chosen = split.user_ids[[0, 5, 7]]
     users_file = tmp_path / "users.txt"
     users_file.write_text("\n".join(str(user) for user in chosen) + "\n")
-    out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s"), mask="train+valid",
-                                                       users=str(users_file)))[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = Path(run_scoring(str(tune_run), ScoreOptions(out=str(tmp_path / "s"), mask="train+valid",
+                                                           users=str(users_file), actors=2))[0])
+    assert not [w for w in caught if "concurrent actors" in str(w.message)]  # Ray Data's pool-larger-than-input
     topk, metrics, summary = outputs(out)
     assert sorted(metrics["user_id"]) == sorted(chosen) and summary["mask"] == "train+valid"
+    assert summary["actors"] == 1  # three users are one block: one actor, not an idle second one
     valid = raw_sets(pd.read_parquet(tune_run / "split" / "valid.parquet"))
     assert not any(item in valid.get(user, set()) for user, item in zip(topk["user_id"], topk["item_id"]))
 
