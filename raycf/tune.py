@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import resource
 import sys
@@ -90,6 +91,7 @@ def run_trial(config: dict[str, Any], split: Split) -> None:
     whose last checkpoint Tune marked as ended (ENDED_FILE, e.g. an ASHA stop).
     """
     train_config = TrainConfig.from_dict(config["trial"], where="trial")
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # no line per checkpoint
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
