@@ -25,6 +25,8 @@ Every key except `name`, `data` and `models` is optional, with the default shown
     num_samples: 1              # int >= 1: samples of the random dimensions per grid point
     max_concurrent: null        # int >= 1, or null: no limit
     max_failures: 2             # int >= 0: retries of an errored trial
+    checkpoint_every: 10        # int >= 1: a trial also checkpoints every this many epochs (besides each
+                                # improvement and its last epoch), so a fault redoes fewer epochs; null: not
     repeat_seeds: []            # distinct ints >= 0: after the study, the best configuration of each
                                 # model is trained again on each of these split seeds (repeats.parquet)
     models:                     # at least one of multvae, autorec
@@ -62,10 +64,11 @@ from raycf.errors import RaycfError
 from raycf.metrics import METRICS
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+DEFAULT_CHECKPOINT_EVERY = 10
 SCHEDULERS = ("asha", "fifo")
 MODES = ("max", "min")
 TOP_KEYS = ("name", "seed", "data", "metric", "mode", "scheduler", "resources", "num_samples",
-            "max_concurrent", "max_failures", "repeat_seeds", "models")
+            "max_concurrent", "max_failures", "checkpoint_every", "repeat_seeds", "models")
 DATA_KEYS = ("dataset", "ratings", "format", "user_col", "item_col", "rating_col", "min_rating", "synthetic",
              "split")
 RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col")
@@ -143,6 +146,8 @@ class Study:
     models: tuple[ModelSearch, ...]
     repeat_seeds: tuple[int, ...] = ()
     """Split seeds on which the best configuration of each model is trained again after the study."""
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY
+    """Epochs between a trial's regular checkpoints (None: only at improvements and at its end)."""
 
     def param_space(self) -> dict[str, Any]:
         """{"trial": a grid over the models, each a TrainConfig dict with Tune domains inside}."""
@@ -516,6 +521,7 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
     scheduler = _scheduler(raw.get("scheduler"), at / "scheduler")
     cpus, gpus = _resources(raw.get("resources"), at / "resources")
     max_concurrent = raw.get("max_concurrent")
+    checkpoint_every = raw.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
     return Study(
         path=path,
         name=name,
@@ -530,6 +536,7 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         num_samples=_int(raw.get("num_samples", 1), at / "num_samples", 1),
         max_concurrent=None if max_concurrent is None else _int(max_concurrent, at / "max_concurrent", 1),
         max_failures=_int(raw.get("max_failures", 2), at / "max_failures", 0),
+        checkpoint_every=None if checkpoint_every is None else _int(checkpoint_every, at / "checkpoint_every", 1),
         models=_models(raw["models"], at / "models", scheduler.max_t, seed),
         repeat_seeds=_seeds(raw.get("repeat_seeds", []), at / "repeat_seeds"),
     )

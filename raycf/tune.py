@@ -83,8 +83,9 @@ def rss_mb() -> float:
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def run_trial(config: dict[str, Any], split: Split) -> None:
-    """The function trainable: train one config, report every validated epoch, checkpoint improvements.
+def run_trial(config: dict[str, Any], split: Split, checkpoint_every: int | None = None) -> None:
+    """The function trainable: train one config, report every validated epoch, checkpoint improvements
+    and every `checkpoint_every` epochs.
 
     The last epoch is always reported with a checkpoint, so a trial restored after its end (the driver
     died before Tune recorded it as ended) returns at once instead of training again; so does a trial
@@ -122,7 +123,8 @@ def run_trial(config: dict[str, Any], split: Split) -> None:
             **{f"valid_{name}": valid[name] for name in METRICS},
             **{f"best_valid_{name}": trainer.best_valid[name] for name in METRICS},
         }
-        if not (report.improved or trainer.finished):
+        regular = checkpoint_every is not None and report.epoch % checkpoint_every == 0
+        if not (report.improved or trainer.finished or regular):
             tune.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as directory:
@@ -221,13 +223,14 @@ def study_facts(study: Study) -> dict[str, Any]:
         "models": [search.model for search in study.models],
         "data_spec": dataclasses.asdict(study.data),
         "repeat_seeds": list(study.repeat_seeds),
+        "checkpoint_every": study.checkpoint_every,
     }
 
 
 def trainable_for(split: Split, facts: dict[str, Any]) -> Any:
     """run_trial with the split in the object store and the study's resources per trial."""
     return tune.with_resources(
-        tune.with_parameters(run_trial, split=split),
+        tune.with_parameters(run_trial, split=split, checkpoint_every=facts.get("checkpoint_every")),
         {"cpu": facts["cpus_per_trial"], "gpu": facts["gpus_per_trial"]},
     )
 

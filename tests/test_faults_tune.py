@@ -40,6 +40,7 @@ from raycf.tune import (
 )
 
 Row = dict[str, Any]
+CHECKPOINT_EVERY = 4
 
 # Epochs of about 0.1 s (2,000 users x 400 items), so that a kill lands mid-epoch and mid-trial.
 FAULT_STUDY = """
@@ -51,6 +52,7 @@ data:
 scheduler: {{type: fifo, max_t: {max_t}}}
 resources: {{cpus_per_trial: 1}}
 max_failures: 2
+checkpoint_every: {checkpoint_every}
 models:
   multvae:
     fixed: {{hidden: 32, lr: 1.0e-2}}
@@ -61,9 +63,10 @@ models:
 """
 
 
-def write_study(tmp_path: Path, max_t: int, patiences: list[int]) -> Path:
+def write_study(tmp_path: Path, max_t: int, patiences: list[int], checkpoint_every: int | None = None) -> Path:
     path = tmp_path / "faults.yaml"
-    path.write_text(FAULT_STUDY.format(max_t=max_t, patiences=patiences))
+    every = "null" if checkpoint_every is None else checkpoint_every
+    path.write_text(FAULT_STUDY.format(max_t=max_t, patiences=patiences, checkpoint_every=every))
     return path
 
 
@@ -81,11 +84,6 @@ def result_rows(trial_dir: Path) -> list[Row]:
 
 def all_rows(run_dir: Path) -> dict[str, list[Row]]:
     return {trial_dir.name: result_rows(trial_dir) for trial_dir in sorted(run_dir.glob("run_trial_*"))}
-
-
-def last_checkpointed_epoch(rows: list[Row]) -> int:
-    """The epoch of the last row reported with a checkpoint."""
-    return [row for row in rows if row["checkpoint_dir_name"]][-1]["epoch"]
 
 
 def ended(rows: list[Row]) -> bool:
@@ -151,11 +149,11 @@ def kill_workers(run_dir: Path, model: str, at_epochs: list[int], killed: list[R
 
 def test_killed_trial_worker_is_retried_from_its_last_checkpoint(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.2")  # result.json in the run directory lags 0.2 s at most
-    study = write_study(tmp_path, max_t=40, patiences=[40])
+    study = write_study(tmp_path, max_t=40, patiences=[40], checkpoint_every=CHECKPOINT_EVERY)
     run_dir = tmp_path / "run"
     killed: list[Row] = []
     stop = threading.Event()
-    killer = threading.Thread(target=kill_workers, args=(run_dir, "multvae", [3, 12], killed, stop), daemon=True)
+    killer = threading.Thread(target=kill_workers, args=(run_dir, "multvae", [3, 14], killed, stop), daemon=True)
     killer.start()
     try:
         assert run_raycf("tune", str(study), "--storage", str(tmp_path), "--name", "run") == 0
@@ -173,9 +171,13 @@ def test_killed_trial_worker_is_retried_from_its_last_checkpoint(ray_cluster, tm
     rerun = 0
     for pid in pids[1:]:  # each new worker starts right after the last checkpoint its predecessors reported
         start = next(index for index, row in enumerate(rows) if row["pid"] == pid)
-        checkpointed = last_checkpointed_epoch(rows[:start])
-        assert rows[start]["epoch"] == checkpointed + 1
-        rerun += rows[start - 1]["epoch"] - checkpointed
+        restored, killed_after = rows[start]["epoch"] - 1, rows[start - 1]
+        checkpointed = [row["epoch"] for row in rows[:start] if row["checkpoint_dir_name"]]
+        # Tune saves a reported checkpoint in a second call to the worker: a kill between the two loses it
+        lost_save = killed_after["checkpoint_dir_name"] is not None and restored == checkpointed[-2:][0]
+        assert restored == checkpointed[-1] or lost_save, (restored, checkpointed)
+        assert killed_after["epoch"] - restored <= CHECKPOINT_EVERY  # regular checkpoints bound what is redone
+        rerun += killed_after["epoch"] - restored
     assert [row["epoch"] for row in rows if row["pid"] == pids[-1]][-1] == 40
     print(f"\nworker kills at epochs {[row['epoch'] for row in killed]}, resumed at "
           f"{[next(row['epoch'] for row in rows if row['pid'] == pid) for pid in pids[1:]]}; faults injected 2, "

@@ -80,6 +80,9 @@ models:
     assert study.data.ratings == str(tmp_path / "data" / "r.csv") and study.data.dataset is None
     assert (study.scheduler.type, study.scheduler.max_t, study.scheduler.grace_period) == ("asha", 100, 10)
     assert (study.num_samples, study.max_concurrent, study.cpus_per_trial, study.gpus_per_trial) == (1, None, 1, 0)
+    assert study.checkpoint_every == 10
+    path.write_text(path.read_text() + "checkpoint_every: null\n")
+    assert load_study(path).checkpoint_every is None  # only at improvements and at the end
     vae = study.models[1]
     assert vae.search["hidden"] == Dimension("randint", (8, 16))
     assert vae.search["beta"] == Dimension("uniform", (0.0, 1.0))
@@ -166,6 +169,7 @@ BAD = [
     ("missing-name", edit("name: t\n", ""), "name: missing; it is required"),
     ("max-concurrent-zero", GOOD + "max_concurrent: 0\n", "max_concurrent: must be >= 1, got 0"),
     ("max-failures-negative", GOOD + "max_failures: -1\n", "max_failures: must be >= 0, got -1"),
+    ("checkpoint-every-zero", GOOD + "checkpoint_every: 0\n", "checkpoint_every: must be >= 1, got 0"),
     ("yaml-syntax", GOOD + "mode: max: min\n", "line 10, column 10: invalid YAML: mapping values are not allowed here"),
     ("not-a-mapping", "- name: t\n", "a study file must be a mapping with keys name, data and models, got a list"),
     ("empty-file", "", "got an empty file"),
