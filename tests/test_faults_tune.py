@@ -184,30 +184,41 @@ def test_killed_trial_worker_is_retried_from_its_last_checkpoint(ray_cluster, tm
           f"survived 2; reported epochs trained again after the kills {rerun}")
 
 
-def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, tmp_path):
-    # Mult-VAE with patience 3 ends early while its patience-40 twin runs on without checkpoints (its best
-    # epoch is long past): Tune saves its experiment state only every 10 s then, so a driver killed right
-    # after the first trial's end usually finds it recorded as still running.
-    study = write_study(tmp_path, max_t=40, patiences=[3, 40])
-    run_dir = tmp_path / "run"
-    driver = subprocess.Popen(
+def start_driver(ray_cluster, study: Path, tmp_path: Path) -> subprocess.Popen:
+    """`raycf tune STUDY` as its own process group on the session's cluster, writing tmp_path/run."""
+    return subprocess.Popen(
         [sys.executable, "-m", "raycf", "tune", str(study), "--storage", str(tmp_path), "--name", "run",
          "--address", ray_cluster.get_runtime_context().gcs_address],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill once a trial has ended and another one is mid-run
-        states = [ended(rows) for rows in all_rows(run_dir).values() if rows]
-        if any(states) and not all(states):
-            break
-        time.sleep(0.05)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started, mid-study
+
+
+def kill_driver(ray_cluster, driver: subprocess.Popen) -> float:
+    """SIGKILL the driver and anything it started, wait until Ray has ended its trials; the time of the kill."""
+    os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     killed_at = time.time()
     deadline = time.monotonic() + 60  # Ray ends the dead driver's trial actors: wait for their CPUs back
     while ray_cluster.available_resources().get("CPU", 0) < ray_cluster.cluster_resources()["CPU"]:
         assert time.monotonic() < deadline, "the killed driver's trials still hold their CPUs after 60 s"
         time.sleep(0.1)
+    return killed_at
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, tmp_path):
+    # Mult-VAE with patience 3 ends early while its patience-40 twin runs on without checkpoints (its best
+    # epoch is long past): Tune saves its experiment state only every 10 s then, so a driver killed right
+    # after the first trial's end usually finds it recorded as still running.
+    study = write_study(tmp_path, max_t=40, patiences=[3, 40])
+    run_dir = tmp_path / "run"
+    driver = start_driver(ray_cluster, study, tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once a trial has ended and another one is mid-run
+        states = [ended(rows) for rows in all_rows(run_dir).values() if rows]
+        if any(states) and not all(states):
+            break
+        time.sleep(0.05)
+    killed_at = kill_driver(ray_cluster, driver)
     assert not (run_dir / TRIALS_FILE).exists(), "the study finished before it could be interrupted"
     stored = all_rows(run_dir)
     held = tune_state(run_dir)
@@ -239,6 +250,36 @@ def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, t
         assert ended(rows)
     assert outcomes["ended before the kill"] >= 1 and outcomes["interrupted"] >= 1, outcomes
     print(f"\ndriver killed once; trials {outcomes}; reported epochs trained again after the kill {rerun}")
+
+
+def test_a_retry_before_the_driver_is_killed_is_still_counted_after_resume(ray_cluster, tmp_path):
+    study = write_study(tmp_path, max_t=40, patiences=[40], checkpoint_every=CHECKPOINT_EVERY)
+    run_dir = tmp_path / "run"
+    driver = start_driver(ray_cluster, study, tmp_path)
+    killed: list[Row] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_workers, args=(run_dir, "multvae", [3], killed, stop), daemon=True)
+    killer.start()
+    killer.join(timeout=120)
+    stop.set()
+    assert len(killed) == 1, "the Mult-VAE trial's worker was not killed"
+
+    def retried_epoch() -> int:
+        rows = next((rows for rows in all_rows(run_dir).values() if rows and rows[0]["model"] == "multvae"), [])
+        return max((row["epoch"] for row in rows if row["pid"] != killed[0]["pid"]), default=0)
+
+    deadline = time.monotonic() + 120  # the retried worker gets past two regular checkpoints: Tune saved its state
+    while retried_epoch() < killed[0]["epoch"] + 2 * CHECKPOINT_EVERY:
+        assert time.monotonic() < deadline, "the retried trial did not get far enough"
+        time.sleep(0.05)
+    kill_driver(ray_cluster, driver)
+    assert not (run_dir / TRIALS_FILE).exists(), "the study finished before the driver could be killed"
+    assert run_raycf("tune", "--resume", str(run_dir)) == 0
+    trials = pd.read_parquet(run_dir / TRIALS_FILE).set_index("model")
+    assert trials["error"].isna().all() and (trials["epochs_run"] == 40).all()
+    assert trials.loc["multvae", "retries"] == 1 and trials.loc["autorec", "retries"] == 0, trials["retries"]
+    best = json.loads((run_dir / BEST_FILE).read_text())
+    assert best["retries"] == trials.loc[best["model"], "retries"]
 
 
 def test_trials_restored_after_their_end_do_not_train_again(ray_cluster, tiny_study, tmp_path):
