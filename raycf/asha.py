@@ -11,13 +11,14 @@ resumed trial) has them replayed into its model's rungs first, in the order they
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pyarrow.fs as pafs
 from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from raycf.storage import parse_results
 
 
 def trial_model(trial: Trial) -> str:
@@ -32,14 +33,7 @@ def reported_results(trial: Trial) -> list[dict[str, Any]]:
     if filesystem.get_file_info(path).type != pafs.FileType.File:
         return []
     with filesystem.open_input_stream(path) as stream:
-        lines = stream.readall().decode().splitlines()
-    results = []
-    for line in lines:
-        try:
-            results.append(json.loads(line))
-        except json.JSONDecodeError:  # a last line cut short by a killed driver
-            break
-    return results
+        return parse_results(stream.readall().decode())
 
 
 class PerModelASHA(FIFOScheduler):

@@ -24,6 +24,7 @@ from raycf.errors import RaycfError
 from raycf.metrics import METRICS
 from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
 from raycf.score import SCORES_DIR, SUMMARY_JSON
+from raycf.storage import parse_results
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
@@ -174,10 +175,8 @@ def read_curve(run_dir: Path, trial_id: str) -> pd.Series:
     """Validation NDCG per epoch from a trial's result.json (the last report of an epoch wins on resume)."""
     points = {}
     for path in run_dir.glob(f"run_trial_{trial_id}_*/result.json"):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                result = json.loads(line)
-                points[result["epoch"]] = result["valid_ndcg"]
+        for result in parse_results(path.read_text()):
+            points[result["epoch"]] = result["valid_ndcg"]
     return pd.Series(points, dtype=float).sort_index()
 
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from raycf.errors import RaycfError
+
+
+def parse_results(text: str) -> list[dict]:
+    """The results in the text of a trial's result.json, one JSON object a line; a last line cut short
+    (a driver killed while writing it) ends the list."""
+    results = []
+    for line in filter(str.strip, text.splitlines()):
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return results
 
 
 @dataclass(frozen=True)

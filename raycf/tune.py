@@ -163,8 +163,9 @@ class TuneOptions:
     verbose: int = 1
 
 
-# A trial checkpoints at every improving epoch and keeps one checkpoint, which makes Tune snapshot its
-# experiment state each time (so that --resume never points at a deleted checkpoint): that is intended.
+# A trial checkpoints at every improving epoch (and every `checkpoint_every`) and keeps one checkpoint, which
+# makes Tune snapshot its experiment state each time (so that --resume never points at a deleted checkpoint):
+# that is intended.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
