@@ -63,7 +63,7 @@ def main() -> None:
     split = load_split(run_dir / SPLIT_DIR)
     leaderboard = trials.sort_values("valid_ndcg", ascending=False).groupby("model").head(1)
     for _, row in leaderboard.iterrows():
-        model, _ = load_checkpoint(Path(row["checkpoint"]))
+        model, _ = load_checkpoint(run_dir / row["checkpoint"])
         test = summarize(evaluate_model(model, split, "test", mask="train"))
         print(f"best {row['model']:8s} (valid ndcg {row['valid_ndcg']:.4f}, {json.loads(row['config'])}): test "
               + " ".join(f"{name}@5 {test[name]:.4f}" for name in METRICS))

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow.fs as pafs
-from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from raycf.ray_private import RESULT_FILE, trial_filesystem, trial_has_directory
 from raycf.storage import parse_results
 
 
@@ -27,9 +27,9 @@ def trial_model(trial: Trial) -> str:
 
 def reported_results(trial: Trial) -> list[dict[str, Any]]:
     """The results the trial reported before (its result file on storage); none for a new trial."""
-    if trial.storage is None or trial.storage.trial_dir_name is None:  # new: Tune names its directory later
+    if not trial_has_directory(trial):  # new: Tune names its directory later
         return []
-    filesystem, path = trial.storage.storage_filesystem, f"{trial.path}/{EXPR_RESULT_FILE}"
+    filesystem, path = trial_filesystem(trial), f"{trial.path}/{RESULT_FILE}"
     if filesystem.get_file_info(path).type != pafs.FileType.File:
         return []
     with filesystem.open_input_stream(path) as stream:

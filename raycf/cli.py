@@ -6,16 +6,16 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from raycf.cluster import DASHBOARD_HOST
-from raycf.config import MODEL_NAMES, NORMALIZATIONS
+from raycf.config import ACTIVATIONS, MODEL_NAMES, NORMALIZATIONS
 from raycf.data.source import DataSpec
 from raycf.errors import RaycfError
-from raycf.metrics import MASK_PROTOCOLS, METRICS
+from raycf.metrics import MASK_PROTOCOLS, METRICS, Selection
+from raycf.storage import Location
 from raycf.submit import require_cluster_path, submit
 
 EXIT_BAD_INPUT = 2
@@ -40,6 +40,14 @@ def parse_seeds(_ctx: click.Context, _param: click.Parameter, text: str | None) 
     if not all(part.isdigit() for part in parts):
         raise click.BadParameter(f"expected seeds like 0,1,2, got {text!r}")
     return [int(part) for part in parts]
+
+
+def parse_selection(_ctx: click.Context, _param: click.Parameter, text: str) -> Selection:
+    """`recall@20` -> Selection."""
+    try:
+        return Selection.parse(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def data_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,11 +122,18 @@ def cli() -> None:
 @click.option("--model", type=click.Choice(MODEL_NAMES), required=True, help="Model to train.")
 @data_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split and the training.")
-@click.option("--hidden", type=int, default=None, help="Hidden units (default 200).")
+@click.option("--hidden", type=int, default=None, help="AutoRec's hidden units, Mult-VAE's latent size (200).")
+@click.option("--layers", default=None, metavar="600[,N...]",
+              help="Mult-VAE: tanh layers between input and latent, mirrored in the decoder (empty: none, the default).")
 @click.option("--dropout", type=float, default=None, help="Input dropout (Mult-VAE 0.5, AutoRec 0).")
 @click.option("--beta", type=float, default=None, help="Mult-VAE KL weight, or its cap when annealing (0.2).")
 @click.option("--anneal-steps", type=int, default=None, help="Linear beta anneal length in updates (0: constant).")
 @click.option("--l2", "l2", type=float, default=None, help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0).")
+@click.option("--weight-decay", type=float, default=None, help="Adam's weight decay, on every parameter (0).")
+@click.option("--hidden-activation", type=click.Choice(ACTIVATIONS), default=None,
+              help="AutoRec's hidden activation (sigmoid).")
+@click.option("--output-activation", type=click.Choice(ACTIVATIONS), default=None,
+              help="AutoRec's output activation (sigmoid).")
 @click.option("--normalize", type=click.Choice(NORMALIZATIONS), default=None, help="Input normalisation.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (1e-3).")
 @click.option("--batch-size", type=int, default=None, help="Users per batch (100).")
@@ -127,18 +142,21 @@ def cli() -> None:
 @click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items masked when ranking for the test metrics.")
+@click.option("--metric", "selection", default="ndcg@5", show_default=True, callback=parse_selection,
+              help="Validation metric that picks the best epoch and counts patience: name@k (precision, recall, "
+                   "ndcg, mrr).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where to train: cuda needs a visible GPU.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="New directory for the run's outputs.")
+@click.option("--out", required=True, help="New directory for the run's outputs: a path or a URI (s3://...).")
 @click.option("--quiet", is_flag=True, help="No progress line per epoch.")
 def train_command(model: str, data: DataSpec, fractions: tuple[float, float, float], seed: int, mask: str,
-                  device: str, out: str, quiet: bool, **hyperparameters: Any) -> None:
+                  selection: Selection, device: str, out: str, quiet: bool, **hyperparameters: Any) -> None:
     """Train one model on one split and write the split, the best checkpoint and metrics.json."""
     from raycf.config import TrainConfig
     from raycf.train import run_training
 
     config = TrainConfig.for_model(model, seed=seed, **hyperparameters)
-    summary = run_training(data, config, fractions=fractions, mask=mask, out=Path(out), device=device,
+    summary = run_training(data, config, fractions=fractions, mask=mask, out=out, device=device, selection=selection,
                            progress=None if quiet else click.echo)
     click.echo(summary)
 
@@ -170,7 +188,7 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
                  no_wait: bool, **overrides: Any) -> None:
     """Run a study (STUDY_FILE, YAML) of Mult-VAE and AutoRec trials on Ray Tune with ASHA."""
     from raycf import tune as tuning
-    from raycf.cluster import connect
+    from raycf.cluster import check_local_gpus, connect
     from raycf.repeats import format_repeats
     from raycf.study import apply_overrides, load_study
 
@@ -187,6 +205,15 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
         if resume_dir is None:
             require_cluster_path("--storage", storage)
         send_job(ctx, submit_to, runtime_env, no_wait)
+    if resume_dir is None:
+        Location.of(storage, "").check_access("--storage")  # a bad bucket or credentials: before Ray starts
+    else:
+        Location.of(resume_dir, "").check_access("--resume")
+    if study is not None:
+        from_option = overrides["gpus_per_trial"] is not None
+        check_local_gpus(study.gpus_per_trial, address, what="trial", way_out="--gpus-per-trial 0",
+                         asked=f"--gpus-per-trial {study.gpus_per_trial:g}" if from_option
+                         else f"{study_file}: resources.gpus_per_trial: {study.gpus_per_trial:g}")
     for line in connect(address, dashboard_host).describe():
         click.echo(line)
     if study is None:
@@ -222,7 +249,7 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
                   dashboard_host: str, submit_to: str | None, runtime_env: str | None, no_wait: bool,
                   **options: Any) -> None:
     """Score every user of RUN_DIR's split with its best checkpoint (Ray Data) and write Parquet."""
-    from raycf.cluster import connect
+    from raycf.cluster import check_local_gpus, connect
     from raycf.score import ScoreOptions, prepare_scoring
 
     if model_name is not None and trial is not None:
@@ -234,6 +261,8 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
         if score_options.out is not None:
             require_cluster_path("--out", score_options.out)
         send_job(ctx, submit_to, runtime_env, no_wait)
+    check_local_gpus(score_options.gpus_per_actor, address, what="scorer actor", way_out="--gpus-per-actor 0",
+                     asked=f"--gpus-per-actor {score_options.gpus_per_actor:g}")
     job = prepare_scoring(run_dir, score_options, model=model_name, trial=trial)  # every check, before Ray
     try:
         connection = connect(address, dashboard_host)
@@ -250,15 +279,14 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
 
 
 @cli.command("report")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--scores", default=None, type=click.Path(file_okay=False),
-              help="The `raycf score` output to report. Default: RUN_DIR/scores.")
+@click.argument("run_dir")
+@click.option("--scores", default=None, help="The `raycf score` output to report (path or URI). Default: RUN_DIR/scores.")
 def report_command(run_dir: str, scores: str | None) -> None:
     """Write RUN_DIR/report.md and report.html: run facts, leaderboard, figures and test metrics."""
     from raycf.report import REPORT_HTML, write_report
 
-    markdown = write_report(Path(run_dir), Path(scores) if scores else None)
-    click.echo(f"report: {markdown} and {markdown.parent / REPORT_HTML}")
+    markdown = write_report(run_dir, scores)
+    click.echo(f"report: {markdown} and {markdown.rsplit('/', 1)[0]}/{REPORT_HTML}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,32 @@ def check_reachable(address: str, option: str = "--address", timeout: float = 3.
                          "local Ray") from None
 
 
+def joins_a_cluster(address: str | None) -> bool:
+    """Whether `connect(address)` joins a running Ray (--address, $RAY_ADDRESS) rather than starting one here."""
+    return (address or os.environ.get("RAY_ADDRESS") or "local") != "local"
+
+
+def check_local_gpus(gpus: float, address: str | None, *, asked: str, what: str, way_out: str) -> None:
+    """Before Ray starts: refuse `gpus` GPUs per `what` (a trial, a scorer actor; `asked` names where that was
+    asked) when raycf would start a local Ray on a machine with fewer GPUs that torch can use.
+
+    That local Ray would never place the work (Ray waits for a GPU that never comes) or a scorer would fail
+    on `cuda`. A cluster's GPUs may be on other nodes, or come with its autoscaler: with --address or
+    $RAY_ADDRESS nothing is checked here (as for any other resource a cluster may lack).
+    """
+    if gpus <= 0 or joins_a_cluster(address):
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if gpus > visible:
+        raise RaycfError(
+            f"{asked}: torch sees {visible} CUDA GPU(s) on this machine, so the local Ray that raycf starts "
+            f"could never run a {what} that needs {gpus:g}; use {way_out} to run on the CPU, or --address a "
+            "Ray cluster with GPU nodes"
+        )
+
+
 @dataclass(frozen=True)
 class Connection:
     """Where to watch the Ray this process joined: the dashboard and this node's Prometheus endpoint."""

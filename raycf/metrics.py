@@ -9,6 +9,7 @@ Metrics are averaged over the users with at least one held-out item.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,7 +17,53 @@ import torch
 
 METRICS = ("precision", "recall", "ndcg", "mrr")
 MASK_PROTOCOLS = ("train", "train+valid")
+REPORT_K = 5
+"""Every run reports validation and test P/R/NDCG/MRR at this k (the write-up's), whatever it selects on."""
+MODES = ("max", "min")
 FIXED_POINT_BITS = 60  # metric values in [0, 1] are summed as whole multiples of 2**-60
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What "best" means for a run: one validation metric at one k, and whether higher or lower is better.
+
+    It picks each trial's best epoch (the checkpoint kept), counts its patience, drives ASHA and ranks the
+    trials. Written `name@k` (`ndcg@5`, `recall@20`); a bare name means k = REPORT_K."""
+
+    name: str = "ndcg"
+    k: int = REPORT_K
+    mode: str = "max"
+
+    @classmethod
+    def parse(cls, text: str, mode: str = "max") -> Selection:
+        """`ndcg`, `recall@20` -> Selection; ValueError saying what is allowed."""
+        name, _, k_text = str(text).strip().partition("@")
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {text!r}; use name@k with name one of {', '.join(METRICS)} (e.g. ndcg@5)")
+        if k_text and not (k_text.isdigit() and int(k_text) >= 1):
+            raise ValueError(f"metric {text!r}: k must be an integer >= 1 (e.g. {name}@10)")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return cls(name, int(k_text) if k_text else REPORT_K, mode)
+
+    @property
+    def label(self) -> str:
+        """`ndcg@5`."""
+        return f"{self.name}@{self.k}"
+
+    @property
+    def field(self) -> str:
+        """Its entry in a run's validation metrics: `ndcg` at REPORT_K (reported anyway), else `ndcg@10`."""
+        return self.name if self.k == REPORT_K else self.label
+
+    @property
+    def key(self) -> str:
+        """The reported (Tune) key and trials.parquet column: `valid_ndcg`, `valid_recall@20`."""
+        return f"valid_{self.field}"
+
+    def improves(self, value: float, best: float | None) -> bool:
+        """Strictly better than `best` (None: nothing yet); ties keep the earlier epoch."""
+        return best is None or (value > best if self.mode == "max" else value < best)
 
 
 def _canonical(x: sp.spmatrix) -> sp.csr_matrix:
@@ -181,6 +228,13 @@ def mean_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     users = int(valid.sum())
     means = {name: exact_mean(exact_sum(per_user[name][valid]), users) for name in METRICS}
     return {**means, "users": users}
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean over users with a held-out item (NaN entries left out): how far a mean
+    over this many users moves by the luck of which users there are."""
+    kept = values[~np.isnan(values)]
+    return float(kept.std(ddof=1) / np.sqrt(len(kept))) if len(kept) > 1 else float("nan")
 
 
 def evaluate(

@@ -1,7 +1,7 @@
 """raycf's own metrics, exported through `ray.util.metrics` beside Ray's (dashboard, Prometheus).
 
 Prometheus names get Ray's `ray_` prefix, and counters a `_total` suffix: `ray_raycf_trials_running`,
-`ray_raycf_best_valid_ndcg{model=...}`, `ray_raycf_users_scored_total`, ...
+`ray_raycf_best_valid_metric{model=...}`, `ray_raycf_users_scored_total`, ...
 """
 
 from __future__ import annotations
@@ -12,21 +12,41 @@ from typing import Any
 from ray import tune
 from ray.util.metrics import Counter, Gauge
 
+from raycf.metrics import Selection
+
 STUDY_TAGS = ("study",)
 MODEL_TAGS = ("study", "model")
+SCHEDULER_STOPS = frozenset({"asha", "max_t"})
+"""The `stopped_by` values (trials.parquet) that count as stopped by the scheduler: ASHA, or its epoch limit."""
+
+
+def trial_ending(config: dict[str, Any], last_result: dict[str, Any]) -> str:
+    """Why a trial that Tune completed without an error ended: `patience`, `max_t` or `asha`, as its
+    `stopped_by` in trials.parquet says (the same rule, `raycf.tune.stop_reason`, on its last result).
+
+    A trial's `max_epochs` is the study's `scheduler.max_t`.
+    """
+    from raycf.tune import stop_reason  # raycf.tune imports this module
+
+    trial = config["trial"]
+    row = {"error": None, "epochs_run": int(last_result.get("epoch", 0)),
+           "best_epoch": int(last_result.get("best_epoch", 0))}
+    return stop_reason(row, trial.get("patience", 0), trial["max_epochs"])
 
 
 class StudyMetrics(tune.Callback):
     """A Tune callback (it runs in the driver) that keeps the study's gauges and counters current."""
 
-    def __init__(self, study: str) -> None:
+    def __init__(self, study: str, selection: Selection = Selection()) -> None:
         self.tags = {"study": study}
+        self.selection = selection
         self.running = Gauge("raycf_trials_running", "Trials of the study running now.", STUDY_TAGS)
-        self.finished = Counter("raycf_trials_finished", "Trials that ended by themselves (patience, epoch limit).",
-                                MODEL_TAGS)
-        self.stopped = Counter("raycf_trials_stopped_early", "Trials stopped by the scheduler (ASHA).", MODEL_TAGS)
+        self.finished = Counter("raycf_trials_finished", "Trials that ended by themselves (patience).", MODEL_TAGS)
+        self.stopped = Counter("raycf_trials_stopped_early",
+                               "Trials stopped by the scheduler (ASHA, or its epoch limit max_t).", MODEL_TAGS)
         self.errored = Counter("raycf_trials_errored", "Trial failures (each retry counts).", MODEL_TAGS)
-        self.best = Gauge("raycf_best_valid_ndcg", "Best validation NDCG@5 so far, per model.", MODEL_TAGS)
+        self.best = Gauge("raycf_best_valid_metric", f"Best validation {selection.label} (the study's metric) so far, "
+                          "per model.", MODEL_TAGS)
         self.epochs = Counter("raycf_epochs", "Training epochs completed.", MODEL_TAGS)
         self.speed = Gauge("raycf_epochs_per_second", "Epochs completed per second of study time, all trials.",
                            STUDY_TAGS)
@@ -34,7 +54,6 @@ class StudyMetrics(tune.Callback):
         self.total_epochs = 0
         self.best_by_model: dict[str, float] = {}
         self.last_epoch: dict[str, int] = {}
-        self.stopped_ids: set[str] = set()
         self.running.set(0, tags=self.tags)
 
     def _model_tags(self, trial: Any) -> dict[str, str]:
@@ -55,18 +74,17 @@ class StudyMetrics(tune.Callback):
             self.epochs.inc(new_epochs, tags=tags)
             self.total_epochs += new_epochs
             self.speed.set(self.total_epochs / max(time.monotonic() - self.started, 1e-9), tags=self.tags)
-        value = float(result["valid_ndcg"])
-        if value > self.best_by_model.get(tags["model"], float("-inf")):
+        value = float(result[self.selection.key])
+        if self.selection.improves(value, self.best_by_model.get(tags["model"])):
             self.best_by_model[tags["model"]] = value
             self.best.set(value, tags=tags)
-        if result.get("done"):  # only a scheduler decision marks a reported result done
-            self.stopped_ids.add(trial.trial_id)
-            self.stopped.inc(tags=tags)
         self._count_running(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        if trial.trial_id not in self.stopped_ids:
-            self.finished.inc(tags=self._model_tags(trial))
+        """Count the ended trial as trials.parquet will: stopped early (ASHA, max_t) or finished (patience)."""
+        ending = trial_ending(trial.config, trial.last_result or {})
+        counter = self.stopped if ending in SCHEDULER_STOPS else self.finished
+        counter.inc(tags=self._model_tags(trial))
         self._count_running(trials)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

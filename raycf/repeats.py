@@ -15,7 +15,7 @@ from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, load_source
 from raycf.data.split import Split, split_interactions
 from raycf.evaluate import evaluate_model, summarize
-from raycf.metrics import METRICS
+from raycf.metrics import METRICS, Selection
 from raycf.storage import Location, parquet_bytes
 from raycf.train import train
 
@@ -24,14 +24,32 @@ REPEATS_SUMMARY = "repeats.json"
 
 
 @ray.remote
-def repeat_run(split: Split, config: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Train one configuration on one split and score it on test (train-only masking)."""
+def repeat_run(split: Split, config: dict[str, Any], threads: int, selection: Selection) -> dict[str, Any]:
+    """Train one configuration on one split (best epoch by `selection`); its validation metrics at that epoch
+    (`valid_*`) and its test metrics there (train-only masking)."""
     torch.set_num_threads(threads)
-    result = train(split, TrainConfig.from_dict(config, where="repeat"))
+    result = train(split, TrainConfig.from_dict(config, where="repeat"), selection=selection)
     test = summarize(evaluate_model(result.model, split, "test", mask="train"))
+    valid = {f"valid_{name}": result.best_valid[name] for name in dict.fromkeys((*METRICS, selection.field))}
     return {"model": config["model"], "seed": config["seed"], "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, **{name: test[name] for name in METRICS},
+            "epochs_run": result.epochs_run, **valid, **{name: test[name] for name in METRICS},
             "config": json.dumps(config, sort_keys=True)}
+
+
+def train_on_seeds(data: DataSpec, fractions: tuple[float, float, float], seeds: tuple[int, ...],
+                   configs: list[str], cpus_per_task: float, selection: Selection) -> pd.DataFrame:
+    """Every (configuration JSON, split seed) pair trained as a Ray task; one row each, in `configs` order
+    (`config_index` says which) then seed order."""
+    frame, digest = load_source(data)
+    splits = {seed: ray.put(split_interactions(frame, fractions=fractions, seed=seed, source=data.describe(),
+                                               source_sha256=digest)) for seed in seeds}
+    threads = max(1, int(cpus_per_task))
+    futures = [repeat_run.options(num_cpus=cpus_per_task).remote(splits[seed], {**json.loads(config), "seed": seed},
+                                                                 threads, selection)
+               for config in configs for seed in seeds]
+    rows = pd.DataFrame(ray.get(futures))
+    rows.insert(0, "config_index", [index for index in range(len(configs)) for _ in seeds])
+    return rows
 
 
 def paired_comparison(repeats: pd.DataFrame, first: str, second: str) -> dict[str, Any]:
@@ -64,17 +82,12 @@ def summarize_repeats(repeats: pd.DataFrame) -> dict[str, Any]:
 
 
 def run_repeats(location: Location, data: DataSpec, fractions: tuple[float, float, float],
-                seeds: tuple[int, ...], leaderboard: pd.DataFrame, cpus_per_task: float) -> pd.DataFrame:
+                seeds: tuple[int, ...], leaderboard: pd.DataFrame, cpus_per_task: float,
+                selection: Selection) -> pd.DataFrame:
     """Train every (best configuration, seed) pair as a Ray task; write repeats.parquet and repeats.json."""
-    frame, digest = load_source(data)
-    splits = {seed: ray.put(split_interactions(frame, fractions=fractions, seed=seed, source=data.describe(),
-                                               source_sha256=digest)) for seed in seeds}
-    threads = max(1, int(cpus_per_task))
-    futures = [
-        repeat_run.options(num_cpus=cpus_per_task).remote(splits[seed], {**json.loads(config), "seed": seed}, threads)
-        for config in leaderboard["config"] for seed in seeds
-    ]
-    repeats = pd.DataFrame(ray.get(futures)).sort_values(["model", "seed"], ignore_index=True)
+    rows = train_on_seeds(data, fractions, seeds, list(leaderboard["config"]), cpus_per_task, selection)
+    repeats = rows[["model", "seed", "best_epoch", "epochs_run", *METRICS, "config"]]
+    repeats = repeats.sort_values(["model", "seed"], ignore_index=True)
     location.write_bytes(REPEATS_FILE, parquet_bytes(repeats))
     summary = summarize_repeats(repeats)
     location.write_bytes(REPEATS_SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())

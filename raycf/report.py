@@ -1,7 +1,9 @@
 """`raycf report`: one tune run as report.md, two PNG figures and a self-contained report.html.
 
-The report reads only what `raycf tune` and `raycf score` wrote into a local run directory: study.json, the
-split manifest, trials.parquet, leaderboard.parquet, best.json, each trial's result.json and scores/summary.json.
+The report reads only what `raycf tune` and `raycf score` wrote into a run directory: study.json, the split
+manifest, trials.parquet, leaderboard.parquet, best.json, each trial's result.json and scores/summary.json. A run
+on an object store is read through a local copy of those files (never the checkpoints), and the report's files
+are written back beside them.
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ import numbers
 import os
 import platform
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import pandas as pd
+import pyarrow.fs as pafs
 
 from raycf.errors import RaycfError
-from raycf.metrics import METRICS
+from raycf.metrics import METRICS, REPORT_K, Selection
 from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
 from raycf.score import SCORES_DIR, SUMMARY_JSON
-from raycf.storage import parse_results
+from raycf.selection import SELECT_FILE, seed_means
+from raycf.storage import Location, parse_results
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
@@ -35,8 +40,8 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 CURVES_PNG = "report_learning_curves.png"
 HYPERPARAMETERS_PNG = "report_hyperparameters.png"
-VALID_K = 5
-"""Validation metrics are computed at k = 5 (the study's model selection)."""
+VALID_K = REPORT_K
+"""Every trial's validation P/R/NDCG/MRR are reported at this k, whatever the study's metric."""
 REFERENCE_K = 5
 
 REFERENCE = {
@@ -69,15 +74,21 @@ class Run:
     trials: pd.DataFrame
     leaderboard: pd.DataFrame
 
+    @property
+    def selection(self) -> Selection:
+        """The study's metric: what ranked its trials and picked their best epochs."""
+        return Selection.parse(self.study["metric"], self.study["mode"])
 
-def load_run(run_dir: Path) -> Run:
-    """Read a run directory; RaycfError naming it and the way out when the study has not finished."""
+
+def load_run(run_dir: Path, name: str) -> Run:
+    """Read a run directory (`name`: how the user named it); RaycfError naming it and the way out when the
+    study has not finished."""
     if not (run_dir / TRIALS_FILE).is_file():
-        raise RaycfError(f"{run_dir}: not a finished `raycf tune` run (no {TRIALS_FILE}); run `raycf tune` to the "
-                         f"end, or continue an interrupted one with `raycf tune --resume {run_dir}`")
+        raise RaycfError(f"{name}: not a finished `raycf tune` run (no {TRIALS_FILE}); run `raycf tune` to the "
+                         f"end, or continue an interrupted one with `raycf tune --resume {name}`")
     if not (run_dir / BEST_FILE).is_file():
-        raise RaycfError(f"{run_dir}: no {BEST_FILE}: no trial finished an epoch with a checkpoint; see the errors "
-                         f"in {TRIALS_FILE}, then `raycf tune --resume {run_dir}`")
+        raise RaycfError(f"{name}: no {BEST_FILE}: no trial finished an epoch with a checkpoint; see the errors "
+                         f"in {TRIALS_FILE}, then `raycf tune --resume {name}`")
     return Run(
         directory=run_dir,
         study=json.loads((run_dir / STUDY_FILE).read_text()),
@@ -118,6 +129,8 @@ def asha_saved_epochs(trials: pd.DataFrame, max_t: int) -> int:
     finished = trials[trials["stopped_by"].isin(["patience", "max_t"])]
     typical = finished.groupby("model")["epochs_run"].mean()
     stopped = trials[trials["stopped_by"] == "asha"]
+    if stopped.empty:
+        return 0
     expected = stopped["model"].map(typical).fillna(max_t)
     return int(round((expected - stopped["epochs_run"]).clip(lower=0).sum()))
 
@@ -160,32 +173,80 @@ def key_hyperparameters(row: pd.Series, columns: list[str]) -> str:
     return ", ".join(f"{column[3:]}={hp_text(row[column])}" for column in row.index if column in wanted)
 
 
+def with_error(value: float, error: float) -> str:
+    """`0.2912 ± 0.0041`, or the value alone when its error is unknown."""
+    return number(value) if pd.isna(error) else f"{number(value)} ± {number(error)}"
+
+
+def noise_text(leaderboard: pd.DataFrame, selection: Selection) -> str:
+    """Which differences between consecutive leaderboard rows are within noise: |difference| below twice
+    the standard error of the difference (per-user standard errors, as independent)."""
+    if "valid_se" not in leaderboard or len(leaderboard) < 2:
+        return ""
+    sentences = []
+    for (_, first), (_, second) in zip(leaderboard.iterrows(), leaderboard.iloc[1:].iterrows()):
+        difference = first[selection.key] - second[selection.key]
+        error = (first["valid_se"] ** 2 + second["valid_se"] ** 2) ** 0.5
+        if pd.isna(error):
+            continue
+        verdict = "within noise" if abs(difference) < 2 * error else "beyond noise"
+        sentences.append(f"{MODEL_LABELS.get(first['model'], first['model'])} - "
+                         f"{MODEL_LABELS.get(second['model'], second['model'])}: {difference:+.4f}, standard error of "
+                         f"the difference {error:.4f}: {verdict} (twice the standard error is the line).")
+    return " ".join(sentences)
+
+
 def leaderboard_section(run: Run, varying: dict[str, list[str]]) -> list[str]:
-    """Best trial per model, best first."""
-    header = ["model", "trial_id", "best_epoch", *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS),
-              "key hyperparameters"]
+    """Best trial per model, best first, the study's metric with its per-user standard error."""
+    selection = run.selection
+    header = ["model", "trial_id", "best_epoch", f"{selection.label} ± SE",
+              *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS), "key hyperparameters"]
     rows = [[row["model"], row["trial_id"], str(row["best_epoch"]),
+             with_error(row[selection.key], row.get("valid_se", float("nan"))),
              *(number(row[f"valid_{name}"]) for name in METRICS), key_hyperparameters(row, varying[row["model"]])]
             for _, row in run.leaderboard.iterrows()]
-    return ["## Leaderboard", f"The best trial of each model by validation NDCG@{VALID_K} (validation metrics at "
-            f"its best epoch).", table(header, rows)]
+    chosen = ("by their mean validation metric over the robust selection's seeds (see below)"
+              if "select_mean" in run.leaderboard else f"by validation {selection.label}")
+    return ["## Leaderboard", f"The best trial of each model {chosen} (the study's metric is {selection.label}; "
+            "validation metrics at the trial's best epoch; SE: the per-user standard error of that mean). "
+            + noise_text(run.leaderboard, selection), table(header, rows)]
 
 
-def read_curve(run_dir: Path, trial_id: str) -> pd.Series:
-    """Validation NDCG per epoch from a trial's result.json (the last report of an epoch wins on resume)."""
+def selection_section(run_dir: Path, selection: Selection) -> list[str]:
+    """The robust selection's candidates: mean ± std of the validation metric over its seeds, the winners."""
+    if not (run_dir / SELECT_FILE).is_file():
+        return []
+    rows = pd.read_parquet(run_dir / SELECT_FILE)
+    means = seed_means(rows, selection)
+    winners = set(pd.read_parquet(run_dir / LEADERBOARD_FILE)["trial_id"])
+    ranked = means.merge(rows.groupby("trial_id")["model"].first().reset_index(), on="trial_id").sort_values(
+        ["model", "select_mean"], ascending=[True, selection.mode == "min"])
+    body = [[MODEL_LABELS.get(row["model"], row["model"]), row["trial_id"],
+             f"{number(row['select_mean'])} ± {number(row['select_std'])}", "winner" if row["trial_id"] in winners
+             else ""] for _, row in ranked.iterrows()]
+    seeds = json.loads(ranked["select_seeds"].iloc[0])
+    return ["## Robust selection", f"Each model's best configurations of the search trained again on split seeds "
+            f"{seeds}; the winner has the best mean validation {selection.label} (mean ± standard deviation over "
+            "the seeds). Test metrics of these runs are in select.parquet and decided nothing.",
+            table(["model", "trial_id", f"validation {selection.label}", ""], body)]
+
+
+def read_curve(run_dir: Path, trial_id: str, key: str) -> pd.Series:
+    """The validation metric `key` per epoch from a trial's result.json (the last report of an epoch wins on
+    resume)."""
     points = {}
     for path in run_dir.glob(f"run_trial_{trial_id}_*/result.json"):
         for result in parse_results(path.read_text()):
-            points[result["epoch"]] = result["valid_ndcg"]
+            points[result["epoch"]] = result[key]
     return pd.Series(points, dtype=float).sort_index()
 
 
 def plot_learning_curves(run: Run, path: Path) -> int:
-    """Validation NDCG@5 per epoch for every trial, end markers by why it ended; the number of trials drawn."""
+    """The study's validation metric per epoch for every trial, end markers by why it ended; the number of trials drawn."""
     figure, axes = plt.subplots(figsize=(9, 5.5))
     drawn = 0
     for _, trial in run.trials.iterrows():
-        curve = read_curve(run.directory, trial["trial_id"])
+        curve = read_curve(run.directory, trial["trial_id"], run.selection.key)
         if curve.empty:
             continue
         colour = MODEL_COLOURS[trial["model"]]
@@ -199,7 +260,7 @@ def plot_learning_curves(run: Run, path: Path) -> int:
     handles += [Line2D([], [], linestyle="none", marker=STOP_MARKERS[reason], color="grey",
                        markeredgecolor="black", label=f"ended by {reason}") for reason in reasons]
     axes.legend(handles=handles, loc="lower right")
-    axes.set(xlabel="epoch", ylabel=f"validation NDCG@{VALID_K}", title="Learning curves")
+    axes.set(xlabel="epoch", ylabel=f"validation {run.selection.label}", title="Learning curves")
     axes.grid(alpha=0.3)
     save(figure, path)
     return drawn
@@ -211,9 +272,9 @@ def save(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
-def hyperparameter_panels(trials: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+def hyperparameter_panels(trials: pd.DataFrame, key: str) -> list[tuple[str, str, pd.DataFrame]]:
     """(model, hp column, its trials) for each panel whose model ran."""
-    scored = trials[trials["valid_ndcg"].notna()]
+    scored = trials[trials[key].notna()]
     panels = [("autorec", "hp_l2"), ("multvae", "hp_beta"), ("multvae", "hp_dropout")]
     return [(model, column, scored[scored["model"] == model]) for model, column in panels
             if (scored["model"] == model).any()]
@@ -228,48 +289,48 @@ def log_scale(ax: plt.Axes, values: pd.Series) -> None:
         ax.set_xscale("symlog", linthresh=positive.min() if len(positive) else 1.0)
 
 
-def plot_hyperparameters(trials: pd.DataFrame, path: Path) -> None:
-    """Best validation NDCG@5 per trial against AutoRec's lambda and Mult-VAE's beta and dropout."""
-    panels = hyperparameter_panels(trials)
+def plot_hyperparameters(trials: pd.DataFrame, path: Path, selection: Selection) -> None:
+    """Best validation metric per trial against AutoRec's lambda and Mult-VAE's beta and dropout."""
+    panels = hyperparameter_panels(trials, selection.key)
     figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.5), squeeze=False)
     for ax, (model, column, group) in zip(axes[0], panels):
         if model == "multvae":
             for annealed, marker, label in ((False, "o", "constant beta"), (True, "^", "beta annealed")):
                 part = group[(group["hp_anneal_steps"] > 0) == annealed]
-                ax.scatter(part[column], part["valid_ndcg"], marker=marker, color=MODEL_COLOURS[model],
+                ax.scatter(part[column], part[selection.key], marker=marker, color=MODEL_COLOURS[model],
                            edgecolor="black", s=50, label=label)
             ax.legend(loc="best")
         else:
-            ax.scatter(group[column], group["valid_ndcg"], color=MODEL_COLOURS[model], edgecolor="black", s=50)
+            ax.scatter(group[column], group[selection.key], color=MODEL_COLOURS[model], edgecolor="black", s=50)
             log_scale(ax, group[column])
-        ax.set(xlabel=f"{MODEL_LABELS[model]} {HP_LABELS[column]}", ylabel=f"best validation NDCG@{VALID_K}")
+        ax.set(xlabel=f"{MODEL_LABELS[model]} {HP_LABELS[column]}", ylabel=f"best validation {selection.label}")
         ax.grid(alpha=0.3)
     save(figure, path)
 
 
-def hyperparameter_section(trials: pd.DataFrame, varying: dict[str, list[str]]) -> list[str]:
+def hyperparameter_section(trials: pd.DataFrame, varying: dict[str, list[str]], selection: Selection) -> list[str]:
     """The scatter figure and a table of all trials with their searched hyperparameters."""
     columns = [column for column in trials.columns if any(column in names for names in varying.values())]
-    header = ["model", "trial_id", "stopped_by", "epochs_run", "best_epoch", "valid_ndcg",
+    header = ["model", "trial_id", "stopped_by", "epochs_run", "best_epoch", f"valid {selection.label} ± SE",
               *(column[3:] for column in columns)]
     rows = [[row["model"], row["trial_id"], row["stopped_by"], str(row["epochs_run"]), str(row["best_epoch"]),
-             number(row["valid_ndcg"]),
+             with_error(row[selection.key], row.get("valid_se", float("nan"))),
              *(hp_text(row[column]) if column in varying[row["model"]] else "" for column in columns)]
             for _, row in trials.sort_values(["model", "trial_id"]).iterrows()]
     return ["## Hyperparameters",
-            f"Best validation NDCG@{VALID_K} of each trial against AutoRec's lambda (`l2`, log axis) and Mult-VAE's "
+            f"Best validation {selection.label} of each trial against AutoRec's lambda (`l2`, log axis) and Mult-VAE's "
             "beta (marker: constant or annealed) and dropout; a panel is left out when its model did not run. Trials "
             "that ASHA stopped early rank low here because they stopped, not only because of their values.",
-            f"![Best validation NDCG@{VALID_K} against hyperparameters]({HYPERPARAMETERS_PNG})",
+            f"![Best validation {selection.label} against hyperparameters]({HYPERPARAMETERS_PNG})",
             "All trials, with the hyperparameters searched for their model:",
             table(header, rows)]
 
 
-def curves_section(drawn: int, total: int) -> list[str]:
+def curves_section(drawn: int, total: int, selection: Selection) -> list[str]:
     return ["## Learning curves",
-            f"Validation NDCG@{VALID_K} per epoch of {drawn} of {total} trials (from each trial's result.json), "
+            f"Validation {selection.label} per epoch of {drawn} of {total} trials (from each trial's result.json), "
             "one colour per model; the marker at a trial's last epoch says why it ended.",
-            f"![Validation NDCG@{VALID_K} per epoch]({CURVES_PNG})"]
+            f"![Validation {selection.label} per epoch]({CURVES_PNG})"]
 
 
 def masking_text(mask: str) -> str:
@@ -281,14 +342,13 @@ def masking_text(mask: str) -> str:
             "it raises every metric, so this row is not comparable with the write-up's.")
 
 
-def test_section(run_dir: Path, scores_dir: Path) -> list[str]:
+def test_section(summary: dict[str, Any] | None, run_dir: str, scores: str | None) -> list[str]:
     """The scored checkpoint's test metrics next to the write-up's, or how to get them."""
-    summary_path = scores_dir / SUMMARY_JSON
-    if not summary_path.is_file():
-        out = "" if scores_dir == run_dir / SCORES_DIR else f" --out {scores_dir}"
-        return ["## Test metrics", f"No test scores in `{scores_dir}`: run `raycf score {run_dir}{out}` first, "
+    scores_name = scores or f"{run_dir}/{SCORES_DIR}"
+    if summary is None:
+        out = "" if scores is None else f" --out {scores}"
+        return ["## Test metrics", f"No test scores in `{scores_name}`: run `raycf score {run_dir}{out}` first, "
                 "then `raycf report` again."]
-    summary = json.loads(summary_path.read_text())
     model, k = summary["model"], summary["k"]
     header = ["source", "model", "k", "masking", *(f"{METRIC_LABELS[name]}@k" for name in METRICS)]
     rows = [
@@ -301,8 +361,32 @@ def test_section(run_dir: Path, scores_dir: Path) -> list[str]:
         f"- {masking_text(summary['mask'])}",
         f"- Users evaluated: {summary['users_evaluated']:,} of {summary['users_scored']:,} scored "
         "(users without a test item are left out of the means).",
-        f"- Scores: `{scores_dir}`; the write-up's row is ML-1M, a reference point only for an ML-1M run.",
+        f"- Scores: `{scores_name}`; the write-up's row is ML-1M, a reference point only for an ML-1M run.",
     ])]
+
+
+def read_summary(scores: Location) -> dict[str, Any] | None:
+    """A scoring's summary.json (following an object-store output's pointer), or None when not scored."""
+    scores.check_access("--scores")
+    current = scores.current()
+    return json.loads(current.read_bytes(SUMMARY_JSON)) if current.has(SUMMARY_JSON) else None
+
+
+def copy_run_files(run: Location, local: Path) -> None:
+    """What the report reads of a run, copied into `local`: its top-level files, the split manifest and each
+    trial's result.json (not the checkpoints)."""
+    wanted = [entry.path for entry in run.filesystem.get_file_info(pafs.FileSelector(run.path))
+              if entry.type == pafs.FileType.File]
+    wanted.append(f"{run.path}/{SPLIT_DIR}/manifest.json")
+    wanted += [entry.path for entry in run.filesystem.get_file_info(pafs.FileSelector(run.path, recursive=True))
+               if entry.base_name == "result.json"]
+    for path in wanted:
+        if run.filesystem.get_file_info(path).type != pafs.FileType.File:
+            continue
+        target = local / path[len(run.path.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with run.filesystem.open_input_stream(path) as stream:
+            target.write_bytes(stream.read())
 
 
 def repeats_section(run_dir: Path) -> list[str]:
@@ -373,18 +457,30 @@ def markdown_to_html(markdown: str, directory: Path, title: str) -> str:
             f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
-def write_report(run_dir: Path, scores_dir: Path | None = None) -> Path:
-    """Write report.md, the PNG figures and report.html into `run_dir`; returns report.md's path."""
-    run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    varying = searched(run.trials)
-    drawn = plot_learning_curves(run, run_dir / CURVES_PNG)
-    plot_hyperparameters(run.trials, run_dir / HYPERPARAMETERS_PNG)
-    title = f"raycf report: {run.study['name']}"
-    blocks = [f"# {title}", f"Run directory: `{run_dir}`", *run_section(run), *leaderboard_section(run, varying),
-              *curves_section(drawn, len(run.trials)), *hyperparameter_section(run.trials, varying),
-              *test_section(run_dir, scores_dir or run_dir / SCORES_DIR), *repeats_section(run_dir)]
-    markdown = "\n\n".join(blocks) + "\n"
-    (run_dir / REPORT_MD).write_text(markdown)
-    (run_dir / REPORT_HTML).write_text(markdown_to_html(markdown, run_dir, title))
-    return run_dir / REPORT_MD
+def write_report(run_dir: str, scores: str | None = None) -> str:
+    """Write report.md, the PNG figures and report.html into `run_dir` (a path or a URI); returns report.md's
+    path or URI."""
+    run = Location.of(run_dir, "")
+    run.check_access("RUN_DIR")
+    summary = read_summary(Location.of(scores or f"{run.uri}/{SCORES_DIR}", ""))
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch) if run.is_object_store else Path(run.path)
+        if run.is_object_store:
+            copy_run_files(run, directory)
+        report = load_run(directory, run_dir)
+        varying = searched(report.trials)
+        drawn = plot_learning_curves(report, directory / CURVES_PNG)
+        plot_hyperparameters(report.trials, directory / HYPERPARAMETERS_PNG, report.selection)
+        title = f"raycf report: {report.study['name']}"
+        blocks = [f"# {title}", f"Run directory: `{run_dir}`", *run_section(report),
+                  *leaderboard_section(report, varying), *curves_section(drawn, len(report.trials), report.selection),
+                  *hyperparameter_section(report.trials, varying, report.selection),
+                  *selection_section(directory, report.selection), *test_section(summary, run_dir, scores),
+                  *repeats_section(directory)]
+        markdown = "\n\n".join(blocks) + "\n"
+        (directory / REPORT_MD).write_text(markdown)
+        (directory / REPORT_HTML).write_text(markdown_to_html(markdown, directory, title))
+        if run.is_object_store:
+            for name in (CURVES_PNG, HYPERPARAMETERS_PNG, REPORT_MD, REPORT_HTML):
+                run.write_bytes(name, (directory / name).read_bytes())
+    return f"{run.uri}/{REPORT_MD}"

@@ -3,8 +3,8 @@
 The users (raw id and their train / validation / test item lists) form a Ray dataset; a pool of scorer
 actors, each holding the model (sent once through the object store), turns batches of users into their
 top-k lists and test metrics. Every input is checked before the first Ray call (`prepare_scoring`); the
-outputs are written under a temporary name and moved into place at the end (`ScoringJob.run`), by one run
-at a time where the output is local (a lock file beside it).
+outputs are staged and committed at the end (`ScoringJob.run`; a rename locally, a pointer object on an
+object store: see raycf.storage), by one run at a time where the output is local (a lock file beside it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,9 +51,9 @@ from raycf.metrics import (
     user_metrics,
 )
 from raycf.models import Recommender, SparseBatch
-from raycf.models.checkpoint import checkpoint_from_bytes
+from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
 from raycf.monitoring import ScoringMetrics
-from raycf.storage import Location, parquet_bytes
+from raycf.storage import Location, PendingOutput, parquet_bytes
 from raycf.train import CHECKPOINT_NAME
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, MODEL_FILE, SPLIT_DIR, TRIALS_FILE
 
@@ -89,9 +88,18 @@ def _trial_row(run: Location, file: str, column: str, value: str) -> pd.Series:
     return rows.iloc[0]
 
 
+def within(run: Location, recorded: str) -> str:
+    """A path recorded in a run (relative to it) as a URI or path that can be opened."""
+    return recorded if "://" in recorded or recorded.startswith("/") else f"{run.uri}/{recorded}"
+
+
 def resolve_target(run_dir: str, model: str | None = None, trial: str | None = None) -> ScoreTarget:
-    """A tune run (best.json, or --model / --trial), a `raycf train` directory, or a trial checkpoint dir."""
+    """A tune run (best.json, or --model / --trial), a `raycf train` directory, or a trial checkpoint dir.
+
+    Checkpoint paths recorded in a run are relative to its directory (older runs: absolute ones)."""
     run = Location.of(run_dir, "")
+    run.check_access("RUN_DIR")
+    run = run.current()
     if run.has(BEST_FILE) or run.has("study.json"):
         if trial is not None:
             row = _trial_row(run, TRIALS_FILE, "trial_id", trial)
@@ -99,11 +107,11 @@ def resolve_target(run_dir: str, model: str | None = None, trial: str | None = N
             row = _trial_row(run, LEADERBOARD_FILE, "model", model)
         elif run.has(BEST_FILE):
             best = json.loads(run.read_bytes(BEST_FILE))
-            return ScoreTarget(best["checkpoint"], run, best["trial_id"])
+            return ScoreTarget(within(run, best["checkpoint"]), run, best["trial_id"])
         else:
             raise RaycfError(f"{run_dir}: no {BEST_FILE}: the study has no finished trial; finish it with "
                              f"`raycf tune --resume {run_dir}`")
-        return ScoreTarget(row["checkpoint"], run, row["trial_id"])
+        return ScoreTarget(within(run, row["checkpoint"]), run, row["trial_id"])
     if model is not None or trial is not None:
         raise RaycfError(f"{run_dir}: --model and --trial choose among the trials of a `raycf tune` run")
     if run.has(CHECKPOINT_NAME) and run.has(SPLIT_DIR):
@@ -274,25 +282,6 @@ class Tally:
         }
 
 
-def replace_directory(location: Location, staging: str, final: str) -> None:
-    """Move `staging` to `final`, replacing an older output there (the old one is removed after).
-
-    When the second move fails, the older output is moved back before the error goes on."""
-    filesystem = location.filesystem
-    old = None
-    if filesystem.get_file_info(final).type != pafs.FileType.NotFound:
-        old = f"{final}.old-{uuid.uuid4().hex[:8]}"
-        filesystem.move(final, old)
-    try:
-        filesystem.move(staging, final)
-    except BaseException:
-        if old is not None:
-            filesystem.move(old, final)
-        raise
-    if old is not None:
-        filesystem.delete_dir(old)
-
-
 @contextmanager
 def failures_explained(out: Location, options: ScoreOptions) -> Iterator[None]:
     """A full disk, an unwritable output and a stalled or broken cluster as one-line RaycfErrors."""
@@ -320,24 +309,25 @@ def failures_explained(out: Location, options: ScoreOptions) -> Iterator[None]:
                          f"choose another --out ({as_it_was})") from None
 
 
-def stage_output(out: Location) -> tuple[DirectoryLock | None, str]:
+def stage_output(out: Location) -> tuple[DirectoryLock | None, PendingOutput]:
     """Lock a local output (see DirectoryLock), remove staging directories of killed runs, stage a new one.
 
-    Returns the lock (None for an object-store URI, which cannot be locked) and the staging path."""
-    staging = f"{out.path}.tmp-{uuid.uuid4().hex[:8]}"
-    lock = DirectoryLock(Path(out.path)) if isinstance(out.filesystem, pafs.LocalFileSystem) else None
+    Returns the lock (None for an object-store URI, which cannot be locked) and the pending output."""
+    out.check_access("--out")
+    lock = DirectoryLock(Path(out.path)) if not out.is_object_store else None
     try:
         if lock is not None:
             lock.path.parent.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             for leftover in lock.path.parent.glob(f"{glob.escape(lock.directory.name)}.tmp-{'?' * 8}"):
                 shutil.rmtree(leftover)
-        out.filesystem.create_dir(staging, recursive=True)
+        pending = PendingOutput.begin(out)
     except OSError as error:
         if lock is not None:
             lock.release()
-        raise RaycfError(f"{out.uri}: cannot write the output there ({error}); choose another --out") from None
-    return lock, staging
+        raise RaycfError(f"{out.uri}: cannot write the output there ({str(error).splitlines()[0]}); choose "
+                         "another --out") from None
+    return lock, pending
 
 
 @dataclass
@@ -352,8 +342,7 @@ class ScoringJob:
     checkpoint: bytes
     model: Recommender
     checkpoint_epoch: int | None
-    out: Location
-    staging: str
+    output: PendingOutput
     lock: DirectoryLock | None
 
     def run(self) -> tuple[str, dict[str, Any]]:
@@ -362,9 +351,9 @@ class ScoringJob:
         Returns the output's location and the summary; the staging directory and the lock are released
         whatever happens."""
         started = time.perf_counter()
-        staged = Location(self.out.uri, self.out.filesystem, self.staging)
+        staged = self.output.staged
         try:
-            with failures_explained(self.out, self.options):
+            with failures_explained(self.output.final, self.options):
                 summary = _score(self.split, self.rows, self.checkpoint, self.options, staged)
                 seconds = time.perf_counter() - started
                 summary.update({
@@ -383,15 +372,14 @@ class ScoringJob:
                         for key, value in summary.items()}
                 staged.write_bytes(SUMMARY_PARQUET, parquet_bytes(pd.DataFrame([flat])))
                 staged.write_bytes(SUMMARY_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
-                replace_directory(self.out, self.staging, self.out.path)
+                self.output.commit()
         finally:
             self.release()
-        return self.out.uri, summary
+        return self.output.final.uri, summary
 
     def release(self) -> None:
         """Remove the staging directory (when still there) and the lock."""
-        if self.out.filesystem.get_file_info(self.staging).type != pafs.FileType.NotFound:
-            self.out.filesystem.delete_dir(self.staging)
+        self.output.discard()
         if self.lock is not None:
             self.lock.release()
 
@@ -410,11 +398,11 @@ def prepare_scoring(
         split = load_split(target.run.get_directory(SPLIT_DIR, Path(local)))
     checkpoint_bytes = read_bytes(target.checkpoint)
     scored_model, meta = checkpoint_from_bytes(checkpoint_bytes, target.checkpoint, expect_items=split.n_items)
+    check_same_split(meta, split.manifest["split_sha256"], target.checkpoint)
     rows = select_users(split, options.users)
     out = Location.of(options.out or f"{target.run.uri}/{SCORES_DIR}", "")
-    lock, staging = stage_output(out)
-    return ScoringJob(options, target, split, rows, checkpoint_bytes, scored_model, meta.get("epoch"), out,
-                      staging, lock)
+    lock, output = stage_output(out)
+    return ScoringJob(options, target, split, rows, checkpoint_bytes, scored_model, meta.get("epoch"), output, lock)
 
 
 def run_scoring(

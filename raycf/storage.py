@@ -1,15 +1,34 @@
-"""Run directories on a local path or behind any URI pyarrow understands (s3://, gs://, file://...)."""
+"""Run directories on a local path or behind any URI pyarrow understands (s3://, gs://, file://...), and
+outputs that appear whole or not at all on both.
+
+An output directory is committed by the means its storage really has. A local filesystem renames a
+staged sibling into place. An object store has no rename of a prefix (pyarrow copies object by object,
+and fails on S3), so there the output is written under a fresh version prefix, `<out>/v-<time>-<id>/`,
+and becomes visible when the small pointer object `<out>/current.json` naming that prefix is written
+last; a single object's write is atomic on S3, GCS and Azure. Readers follow the pointer
+(`Location.current`). Superseded version prefixes are deleted after the pointer moves; a writer killed
+before its pointer leaves the previous output, pointer and all, as it was.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from raycf.errors import RaycfError
+
+POINTER_FILE = "current.json"
+"""On an object store: `{"version": "v-..."}`, the prefix under an output directory that holds its content."""
+VERSION_PREFIX = "v-"
+CREDENTIAL_SOURCES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                      "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
 
 
 def parse_results(text: str) -> list[dict]:
@@ -43,6 +62,41 @@ class Location:
         except (pafs.ArrowInvalid, ValueError, OSError) as error:  # type: ignore[attr-defined]
             raise RaycfError(f"--storage {storage}: not a path or URI pyarrow can open ({error})") from None
         return cls(uri=uri, filesystem=filesystem, path=path)
+
+    @property
+    def is_object_store(self) -> bool:
+        """True for S3, GCS and the like: no directory rename, single-object writes are atomic."""
+        return not isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    def child(self, name: str) -> Location:
+        """The location `name` below this one (a relative path, '/'-separated)."""
+        return Location(f"{self.uri.rstrip('/')}/{name}", self.filesystem, f"{self.path.rstrip('/')}/{name}")
+
+    def current(self) -> Location:
+        """Where this output's content is: the version prefix its pointer names, else this location itself."""
+        if not self.has(POINTER_FILE):
+            return self
+        version = json.loads(self.read_bytes(POINTER_FILE)).get("version", "")
+        if not version.startswith(VERSION_PREFIX) or "/" in version or not self.has(version):
+            raise RaycfError(f"{self.uri}/{POINTER_FILE}: names {version!r}, which is not an output version "
+                             f"there; write the output again")
+        return self.child(version)
+
+    def check_access(self, option: str) -> None:
+        """On an object store, one listing request that turns a missing bucket, refused credentials or an
+        unreachable endpoint into a one-line RaycfError naming the URI (nothing on a local path)."""
+        if not self.is_object_store:
+            return
+        bucket = self.path.split("/", 1)[0]
+        try:
+            missing = self.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
+            if not missing:
+                self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except OSError as error:
+            raise RaycfError(f"{option} {self.uri}: {describe_store_error(str(error))}") from None
+        if missing:
+            raise RaycfError(f"{option} {self.uri}: bucket {bucket!r} does not exist; create it, or give an "
+                             "existing bucket")
 
     @property
     def parent_uri(self) -> str:
@@ -89,3 +143,73 @@ def parquet_bytes(frame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def describe_store_error(message: str) -> str:
+    """What an object store's refusal means for the user, and the way out, from pyarrow's message."""
+    first = message.splitlines()[0]
+    if "NETWORK_CONNECTION" in first or "Could not connect" in first or "resolve host" in first.lower():
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+        return f"cannot reach the object store at {endpoint}; check AWS_ENDPOINT_URL and the network"
+    credentials = [name for name in CREDENTIAL_SOURCES if os.environ.get(name)]
+    if not credentials and not Path("~/.aws/credentials").expanduser().is_file():
+        return (f"access refused and no credentials found ({first}); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+    if any(code in first for code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
+                                      "AccessDenied", "Forbidden", "403")):
+        return (f"the credentials were refused ({first}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                f"(from {', '.join(credentials) or '~/.aws/credentials'}) and the bucket's permissions")
+    return f"the object store refused the request ({first})"
+
+
+@dataclass
+class PendingOutput:
+    """An output being written into `staged`; `commit` makes it `final`'s content whole, `discard` drops it
+    unless it was committed."""
+
+    final: Location
+    staged: Location
+    committed: bool = False
+
+    @classmethod
+    def begin(cls, final: Location) -> PendingOutput:
+        """A fresh place to write: a sibling `<final>.tmp-<id>` locally, a version prefix on an object store."""
+        suffix = uuid.uuid4().hex[:8]
+        if final.is_object_store:
+            staged = final.child(f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{suffix}")
+        else:
+            staged = Location(f"{final.uri}.tmp-{suffix}", final.filesystem, f"{final.path}.tmp-{suffix}")
+        final.filesystem.create_dir(staged.path, recursive=True)
+        return cls(final, staged)
+
+    def commit(self) -> None:
+        """Make the staged content the output. Locally: rename (the older output moved aside first, moved
+        back if the rename fails, deleted after). On an object store: write the pointer, then delete the
+        superseded versions."""
+        filesystem, final = self.final.filesystem, self.final.path
+        if self.final.is_object_store:
+            version = self.staged.path.rsplit("/", 1)[1]
+            self.final.write_bytes(POINTER_FILE, (json.dumps({"version": version}) + "\n").encode())
+            self.committed = True
+            for entry in filesystem.get_file_info(pafs.FileSelector(final)):
+                if entry.base_name.startswith(VERSION_PREFIX) and entry.base_name != version:
+                    filesystem.delete_dir(entry.path)
+            return
+        old = None
+        if filesystem.get_file_info(final).type != pafs.FileType.NotFound:
+            old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+            filesystem.move(final, old)
+        try:
+            filesystem.move(self.staged.path, final)
+        except BaseException:
+            if old is not None:
+                filesystem.move(old, final)
+            raise
+        self.committed = True
+        if old is not None:
+            filesystem.delete_dir(old)
+
+    def discard(self) -> None:
+        """Remove the staged content of an output that was not committed."""
+        if not self.committed and self.final.filesystem.get_file_info(self.staged.path).type != pafs.FileType.NotFound:
+            self.final.filesystem.delete_dir(self.staged.path)

@@ -14,7 +14,8 @@ Every key except `name`, `data` and `models` is optional, with the default shown
       min_rating: null          # number: keep ratings >= this (not with dataset: synthetic)
       synthetic: {}             # dataset: synthetic only: generate_synthetic keyword arguments
       split: [0.6, 0.2, 0.2]    # train, valid, test: three numbers > 0 that sum to 1
-    metric: ndcg                # precision | recall | ndcg | mrr (validation, at k=5)
+    metric: ndcg@5              # name@k, name one of precision | recall | ndcg | mrr (a bare name: k=5);
+                                # picks each trial's best epoch, its patience, ASHA and the leaderboard
     mode: max                   # max | min
     scheduler:
       type: asha                # asha | fifo
@@ -22,13 +23,21 @@ Every key except `name`, `data` and `models` is optional, with the default shown
       grace_period: 10          # >= 1 and <= max_t (default min(10, max_t))
       reduction_factor: 3       # > 1
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}   # numbers, cpus > 0, gpus >= 0
-    num_samples: 1              # int >= 1: samples of the random dimensions per grid point
+    num_samples: 1              # int >= 1: samples of the random dimensions per grid point (random), or
+                                # trials per model (optuna)
+    searcher:                   # how configurations are picked (raycf/search.py)
+      type: random              # random: Tune's random draws over the grid, seeded | optuna: TPE, one per
+                                # model (seeded; no grid dimensions), each model num_samples trials
+      n_startup_trials: 5       # optuna only: int >= 1, trials per model sampled at random before TPE
     max_concurrent: null        # int >= 1, or null: no limit
     max_failures: 2             # int >= 0: retries of an errored trial
     checkpoint_every: 10        # int >= 1: a trial also checkpoints every this many epochs (besides each
                                 # improvement and its last epoch), so a fault redoes fewer epochs; null: not
     repeat_seeds: []            # distinct ints >= 0: after the study, the best configuration of each
                                 # model is trained again on each of these split seeds (repeats.parquet)
+    select:                     # robust selection (absent: each model's best trial wins, as searched)
+      top: 3                    # int >= 1: the best configurations of each model trained again...
+      seeds: [0, 1, 2]          # ...on each of these split seeds; the best MEAN validation metric wins
     models:                     # at least one of multvae, autorec
       multvae:
         fixed: {hidden: 200}    # TrainConfig fields except model, max_epochs (scheduler.max_t), seed (the study's)
@@ -38,6 +47,17 @@ Every key except `name`, `data` and `models` is optional, with the default shown
           lr: {loguniform: [3.0e-4, 3.0e-3]}
           hidden: {randint: [100, 400]}     # low inclusive, high exclusive
           anneal_steps: {grid: [0, 20000]}
+          layers: {choice: [[], [600]]}     # a list field: choice or grid of lists (flat "600" in Tune)
+          weight_decay: {choice: [0.0, 1.0e-5]}
+      autorec:
+        fixed: {hidden_activation: sigmoid, output_activation: identity, dropout: 0.0}
+        search: {l2: {loguniform: [1.0e-4, 1.0e-1]}}
+
+The fields (raycf.config.TrainConfig): both models take hidden (AutoRec's hidden units, Mult-VAE's latent
+size), dropout (on the input), l2, weight_decay (Adam's), normalize, lr, batch_size, patience,
+eval_every; Mult-VAE also layers, beta, anneal_steps; AutoRec also hidden_activation and
+output_activation (identity, sigmoid, relu, elu, selu). layers for AutoRec, or an activation other than
+sigmoid for Mult-VAE, is refused (it would change nothing).
 
 Note that YAML reads `1e-3` as a string: write `1.0e-3`. `load_study` raises every error, as a
 one-line RaycfError naming the file and the key path, before anything runs; this module never imports Ray
@@ -61,14 +81,17 @@ from raycf.data.loaders import FORMATS
 from raycf.data.source import SYNTHETIC, DataSpec
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import RaycfError
-from raycf.metrics import METRICS
+from raycf.metrics import MODES, Selection
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 DEFAULT_CHECKPOINT_EVERY = 10
 SCHEDULERS = ("asha", "fifo")
-MODES = ("max", "min")
 TOP_KEYS = ("name", "seed", "data", "metric", "mode", "scheduler", "resources", "num_samples",
-            "max_concurrent", "max_failures", "checkpoint_every", "repeat_seeds", "models")
+            "max_concurrent", "max_failures", "checkpoint_every", "repeat_seeds", "models", "searcher",
+            "select")
+SEARCHER_OPTIONS = {"random": (), "optuna": ("n_startup_trials",)}
+"""Each searcher type and the keys it takes besides `type`."""
+DEFAULT_N_STARTUP_TRIALS = 5
 DATA_KEYS = ("dataset", "ratings", "format", "user_col", "item_col", "rating_col", "min_rating", "synthetic",
              "split")
 RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col")
@@ -112,7 +135,7 @@ class ModelSearch:
 
     def param_space(self, max_epochs: int, seed: int) -> dict[str, Any]:
         """A complete TrainConfig dict whose searched fields are Tune domains."""
-        base = TrainConfig.for_model(self.model, **self.fixed, max_epochs=max_epochs, seed=seed).to_dict()
+        base = TrainConfig.for_model(self.model, **self.fixed, max_epochs=max_epochs, seed=seed).to_dict(flat=True)
         return {**base, **{name: dim.to_tune() for name, dim in self.search.items()}}
 
 
@@ -127,6 +150,29 @@ class Scheduler:
 
 
 @dataclass(frozen=True)
+class SelectSpec:
+    """Robust selection: each model's `top` configurations trained again on every split seed in `seeds`;
+    the best mean validation metric wins (raycf/selection.py)."""
+
+    top: int
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    """How trials' configurations are picked: `random` (Tune's seeded draws over the grid) or `optuna` (TPE
+    per model, raycf/search.py)."""
+
+    type: str = "random"
+    n_startup_trials: int = DEFAULT_N_STARTUP_TRIALS
+    """optuna: trials per model sampled at random before TPE models the results."""
+
+    def describe(self) -> dict[str, Any]:
+        """The type and the options it uses (study.json)."""
+        return {"type": self.type, **{key: getattr(self, key) for key in SEARCHER_OPTIONS[self.type]}}
+
+
+@dataclass(frozen=True)
 class Study:
     """A validated study file; `path` is absolute."""
 
@@ -136,6 +182,7 @@ class Study:
     data: DataSpec
     fractions: tuple[float, float, float]
     metric: str
+    """The selection metric's label, `ndcg@5`."""
     mode: str
     scheduler: Scheduler
     cpus_per_trial: float
@@ -148,6 +195,14 @@ class Study:
     """Split seeds on which the best configuration of each model is trained again after the study."""
     checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY
     """Epochs between a trial's regular checkpoints (None: only at improvements and at its end)."""
+    searcher: SearcherSpec = SearcherSpec()
+    select: SelectSpec | None = None
+    """Robust selection after the search (None: each model's best trial wins)."""
+
+    @property
+    def selection(self) -> Selection:
+        """What "best" means in this study (metric at k, mode)."""
+        return Selection.parse(self.metric, self.mode)
 
     def param_space(self) -> dict[str, Any]:
         """{"trial": a grid over the models, each a TrainConfig dict with Tune domains inside}."""
@@ -432,14 +487,15 @@ def _field_name(key: Any, at: _At) -> str:
 
 
 def _field_value(base: dict[str, Any], name: str, value: Any, at: _At) -> Any:
-    """`value` checked (type and range) as field `name` over a valid config, ints made floats for float fields."""
+    """`value` checked (type and range) as field `name` over a valid config, ints made floats for float fields,
+    in the flat form that Tune's config holds (`layers` [600, 200] as "600,200", [] as "")."""
     if isinstance(value, float) and not math.isfinite(value):
         raise at.error(f"must be a finite number, got {value!r}")
     try:
         config = TrainConfig.from_dict({**base, name: value}, where=f"{at.file}: {at.path}")
     except RaycfError as error:
         raise RaycfError(f"{error}{_hint(value) if not isinstance(base[name], str) else ''}") from None
-    return getattr(config, name)
+    return config.to_dict(flat=True)[name]
 
 
 def _dimension(value: Any, base: dict[str, Any], name: str, at: _At) -> Dimension:
@@ -528,7 +584,7 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         seed=seed,
         data=data,
         fractions=fractions,
-        metric=_one_of(raw.get("metric", "ndcg"), at / "metric", METRICS),
+        metric=_metric(raw.get("metric", "ndcg"), at / "metric"),
         mode=_one_of(raw.get("mode", "max"), at / "mode", MODES),
         scheduler=scheduler,
         cpus_per_trial=cpus,
@@ -539,7 +595,48 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         checkpoint_every=None if checkpoint_every is None else _int(checkpoint_every, at / "checkpoint_every", 1),
         models=_models(raw["models"], at / "models", scheduler.max_t, seed),
         repeat_seeds=_seeds(raw.get("repeat_seeds", []), at / "repeat_seeds"),
+        searcher=_searcher(raw.get("searcher"), at / "searcher", raw["models"], at / "models"),
+        select=None if raw.get("select") is None else _select(raw["select"], at / "select"),
     )
+
+
+def _metric(value: Any, at: _At) -> str:
+    """`ndcg`, `recall@20` -> its canonical label (`ndcg@5`, `recall@20`)."""
+    try:
+        return Selection.parse(value).label
+    except ValueError as error:
+        raise at.error(str(error)) from None
+
+
+def _searcher(value: Any, at: _At, models: dict[str, Any], models_at: _At) -> SearcherSpec:
+    """The searcher and its options; with optuna, no grid dimension (`models` as read, already checked)."""
+    raw = _dict(value, at, "keys type, n_startup_trials")
+    kind = _one_of(raw.get("type", "random"), at / "type", tuple(SEARCHER_OPTIONS))
+    for key in raw:
+        if key != "type" and key not in SEARCHER_OPTIONS[kind]:
+            others = [other for other, options in SEARCHER_OPTIONS.items() if key in options]
+            raise (at / key).error(f"applies to searcher type {others[0]} only" if others else
+                                   f"unknown key; allowed in searcher: {', '.join(('type', *SEARCHER_OPTIONS[kind]))}")
+    spec = SearcherSpec(kind)
+    if kind == "optuna":
+        spec = SearcherSpec(kind, _int(raw.get("n_startup_trials", DEFAULT_N_STARTUP_TRIALS),
+                                       at / "n_startup_trials", 1))
+        for model, entry in models.items():
+            for name, dimension in ((entry or {}).get("search") or {}).items():
+                if "grid" in dimension:
+                    raise (models_at / model / "search" / name).error(
+                        "grid is not searched with searcher type optuna (TPE samples every value): use choice, "
+                        "or searcher type random")
+    return spec
+
+
+def _select(value: Any, at: _At) -> SelectSpec:
+    """`{top: N, seeds: [...]}`, both required."""
+    raw = _mapping(value, at, ("top", "seeds"), required=("top", "seeds"))
+    seeds = _seeds(raw["seeds"], at / "seeds")
+    if not seeds:
+        raise (at / "seeds").error("must list at least one split seed, e.g. [0, 1, 2]")
+    return SelectSpec(top=_int(raw["top"], at / "top", 1), seeds=seeds)
 
 
 def _seeds(value: Any, at: _At) -> tuple[int, ...]:

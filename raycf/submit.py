@@ -21,6 +21,7 @@ import yaml
 import raycf
 from raycf.cluster import check_reachable
 from raycf.errors import RaycfError
+from raycf.ray_private import quiet_job_upload_logs
 
 # Client-side options: they choose how the command is sent, so the job's own command line drops them.
 SUBMIT_OPTIONS = {"--submit": True, "--runtime-env": True, "--no-wait": False}
@@ -102,7 +103,7 @@ def submit(address: str, argv: list[str], runtime_env_file: str | None, wait: bo
     # The job's own log is what the user follows: quiet the SDK's packaging and upload chatter, and its
     # warning that .git is now left out of a working_dir by default (raycf always left it out).
     logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
+    quiet_job_upload_logs()
     entrypoint = shlex.join(["python", "-m", "raycf", *job_arguments(argv)])
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(runtime_env_file, Path.cwd()),
                                metadata={"tool": "raycf", "command": argv[0] if argv else ""})

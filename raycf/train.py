@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,19 +14,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from raycf.atomic import staged_directory
 from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
 from raycf.errors import RaycfError
 from raycf.evaluate import evaluate_model, summarize
-from raycf.metrics import MASK_PROTOCOLS, METRICS
+from raycf.metrics import MASK_PROTOCOLS, METRICS, REPORT_K, Selection, standard_error
 from raycf.models import Recommender, SparseBatch, build_model
 from raycf.models.checkpoint import save_checkpoint
+from raycf.storage import Location, PendingOutput
 
-SELECTION_METRIC = "ndcg"
-K = 5
+K = REPORT_K
 CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+SPLIT_DIR = "split"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class EpochReport:
     valid_seconds: float
     improved: bool
     best_epoch: int
-    best_ndcg: float
+    best_value: float
+    """The best epoch's validation value of the run's Selection metric (NaN before the first validation)."""
 
 
 @dataclass
@@ -57,16 +60,20 @@ class TrainResult:
 class Trainer:
     """Owns the model, optimizer and random state of one run; its state can be saved and restored."""
 
-    def __init__(self, split: Split, config: TrainConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, split: Split, config: TrainConfig, device: torch.device | str = "cpu", selection: Selection = Selection()
+    ) -> None:
         config.validate()
         self.split = split
         self.config = config
+        self.selection = selection
         self.device = torch.device(device)
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.model = build_model(config, split.n_items).to(self.device)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                          fused=True)
         self.epoch = 0
         self.step = 0
         self.best_epoch = 0
@@ -74,8 +81,9 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
 
     @property
-    def best_ndcg(self) -> float:
-        return self.best_valid.get(SELECTION_METRIC, -1.0)
+    def best_value(self) -> float:
+        """The best validation value of the selection metric so far (NaN before the first validation)."""
+        return self.best_valid.get(self.selection.field, float("nan"))
 
     @property
     def finished(self) -> bool:
@@ -99,7 +107,15 @@ class Trainer:
         return float(np.mean(losses))
 
     def validate(self) -> dict[str, float]:
-        return summarize(evaluate_model(self.model, self.split, "valid", k=K))
+        """Validation P/R/NDCG/MRR at REPORT_K, the selection metric when it is at another k, and the selection
+        metric's per-user standard error (`<field>_se`)."""
+        per_user = evaluate_model(self.model, self.split, "valid", k=K)
+        valid = summarize(per_user)
+        if self.selection.k != K:
+            per_user = evaluate_model(self.model, self.split, "valid", k=self.selection.k)
+            valid[self.selection.field] = summarize(per_user)[self.selection.name]
+        valid[f"{self.selection.field}_se"] = standard_error(per_user[self.selection.name])
+        return valid
 
     def run_epoch(self) -> EpochReport:
         """Train one epoch and, when due, validate and keep the weights if they are the best so far."""
@@ -109,7 +125,8 @@ class Trainer:
         valid, improved = None, False
         if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.max_epochs:
             valid = self.validate()
-            improved = valid[SELECTION_METRIC] > self.best_ndcg
+            field = self.selection.field
+            improved = self.selection.improves(valid[field], self.best_valid.get(field))
             if improved:
                 self.best_epoch, self.best_valid = self.epoch, valid
                 self.best_state = copy.deepcopy(self.model.state_dict())
@@ -121,7 +138,7 @@ class Trainer:
             valid_seconds=time.perf_counter() - trained,
             improved=improved,
             best_epoch=self.best_epoch,
-            best_ndcg=self.best_ndcg,
+            best_value=self.best_value,
         )
 
     def best_model(self) -> Recommender:
@@ -157,12 +174,12 @@ class Trainer:
         self.best_state = copy.deepcopy(self.model.state_dict()) if best is None else best
 
 
-def format_epoch(config: TrainConfig, report: EpochReport) -> str:
+def format_epoch(config: TrainConfig, report: EpochReport, selection: Selection = Selection()) -> str:
     """The progress line printed after each epoch."""
     line = f"[{config.model}] epoch {report.epoch:4d}  loss {report.loss:10.4f}  {report.train_seconds:6.2f}s"
     if report.valid is not None:
-        line += f"  valid ndcg@{K} {report.valid['ndcg']:.4f}{' *' if report.improved else '  '}"
-    return line + f"  best {report.best_ndcg:.4f} @ {report.best_epoch}"
+        line += f"  valid {selection.label} {report.valid[selection.field]:.4f}{' *' if report.improved else '  '}"
+    return line + f"  best {report.best_value:.4f} @ {report.best_epoch}"
 
 
 def train(
@@ -170,10 +187,12 @@ def train(
     config: TrainConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
     device: torch.device | str = "cpu",
+    selection: Selection = Selection(),
 ) -> TrainResult:
-    """Train until early stopping or `max_epochs`; `on_epoch` sees every epoch's report."""
+    """Train until early stopping or `max_epochs`, keeping the best epoch by `selection`; `on_epoch` sees
+    every epoch's report."""
     started = time.perf_counter()
-    trainer = Trainer(split, config, device)
+    trainer = Trainer(split, config, device, selection)
     history = []
     while not trainer.finished:
         report = trainer.run_epoch()
@@ -197,30 +216,35 @@ def run_training(
     *,
     fractions: tuple[float, float, float],
     mask: str,
-    out: Path,
+    out: str | Path,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    selection: Selection = Selection(),
 ) -> str:
     """Split, train, test and write `out/` (split/, checkpoint.pt, metrics.json); returns a summary.
 
-    Everything is written into a temporary sibling and renamed at the end, so an interrupted run leaves
-    nothing under `out`, and an existing non-empty `out` is refused rather than overwritten.
+    `out` is a local path or a URI (s3://...). The outputs are staged and committed at the end
+    (raycf.storage.PendingOutput), so an interrupted run leaves no output, and an existing non-empty
+    `out` is refused rather than overwritten.
     """
-    if out.exists() and any(out.iterdir()):
+    location = Location.of(str(out), "")
+    location.check_access("--out")
+    if location.is_used():
         raise RaycfError(f"{out}: output directory exists and is not empty; choose a new --out or remove it")
     if mask not in MASK_PROTOCOLS:
         raise RaycfError(f"mask must be one of {', '.join(MASK_PROTOCOLS)}, got {mask!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise RaycfError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
     split = prepare_split(data, fractions, config.seed)
-    on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report)))
-    result = train(split, config, on_epoch=on_epoch, device=device)
+    on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report, selection)))
+    result = train(split, config, on_epoch=on_epoch, device=device, selection=selection)
     test = summarize(evaluate_model(result.model, split, "test", mask=mask, k=K))
     metrics = {
         "model": config.model,
         "config": config.to_dict(),
         "k": K,
         "mask": mask,
+        "selection": {"metric": selection.label, "mode": selection.mode},
         "valid": result.best_valid,
         "test": test,
         "best_epoch": result.best_epoch,
@@ -230,17 +254,25 @@ def run_training(
         "split_sha256": split.manifest["split_sha256"],
     }
     try:
-        with staged_directory(out) as staging:
-            save_split(split, staging / "split")
+        with tempfile.TemporaryDirectory() as local:
+            staging = Path(local)
+            save_split(split, staging / SPLIT_DIR)
             meta = {"split_sha256": split.manifest["split_sha256"]}
             save_checkpoint(staging / CHECKPOINT_NAME, result.model, meta=meta)
-            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            output = PendingOutput.begin(location)
+            try:
+                output.staged.put_directory(staging)
+                output.commit()
+            finally:
+                output.discard()
     except OSError as error:
-        raise RaycfError(f"{out}: cannot write the run ({error.strerror}); choose a writable, new --out") from None
+        raise RaycfError(f"{out}: cannot write the run ({str(error).splitlines()[0]}); choose a writable, new "
+                         "--out") from None
     return format_summary(metrics, out)
 
 
-def format_summary(metrics: dict[str, Any], out: Path) -> str:
+def format_summary(metrics: dict[str, Any], out: str | Path) -> str:
     """A few lines: the run, its best epoch, and validation and test metrics at k."""
     k = metrics["k"]
     lines = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import resource
 import sys
@@ -25,15 +24,17 @@ from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, load_split, save_split
 from raycf.errors import RaycfError
-from raycf.metrics import METRICS
+from raycf.metrics import METRICS, Selection
 from raycf.models.checkpoint import save_checkpoint
 from raycf.monitoring import StudyMetrics
+from raycf.ray_private import quiet_checkpoint_logs, trial_filesystem
 from raycf.repeats import run_repeats
+from raycf.search import search_setup
+from raycf.selection import rank, run_selection, seed_means
 from raycf.storage import Location, parquet_bytes
 from raycf.study import Study
-from raycf.train import Trainer
+from raycf.train import SPLIT_DIR, Trainer
 
-SPLIT_DIR = "split"
 STUDY_FILE = "study.json"
 LEADERBOARD_FILE = "leaderboard.parquet"
 TRIALS_FILE = "trials.parquet"
@@ -47,9 +48,9 @@ RETRIES_FILE = "retries.json"
 TIME_ATTR = "epoch"
 
 
-def metric_name(study_metric: str) -> str:
-    """The reported key that ASHA and model selection watch, e.g. valid_ndcg."""
-    return f"valid_{study_metric}"
+def selection_of(facts: dict[str, Any]) -> Selection:
+    """The study's Selection from study.json's facts (a bare `ndcg` in older runs means ndcg@5)."""
+    return Selection.parse(facts["metric"], facts["mode"])
 
 
 def write_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
@@ -63,7 +64,12 @@ def write_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
     if current_is_best:
         del state["model"]  # model.pt holds them
     best = trainer.model if current_is_best else trainer.best_model()
-    save_checkpoint(directory / MODEL_FILE, best, meta={"epoch": trainer.best_epoch, "valid": trainer.best_valid})
+    meta = {
+        "epoch": trainer.best_epoch,
+        "valid": trainer.best_valid,
+        "split_sha256": trainer.split.manifest["split_sha256"],
+    }
+    save_checkpoint(directory / MODEL_FILE, best, meta=meta)
     torch.save(state, directory / STATE_FILE)
 
 
@@ -83,7 +89,9 @@ def rss_mb() -> float:
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def run_trial(config: dict[str, Any], split: Split, checkpoint_every: int | None = None) -> None:
+def run_trial(
+    config: dict[str, Any], split: Split, checkpoint_every: int | None = None, selection: Selection = Selection()
+) -> None:
     """The function trainable: train one config, report every validated epoch, checkpoint improvements
     and every `checkpoint_every` epochs.
 
@@ -92,12 +100,12 @@ def run_trial(config: dict[str, Any], split: Split, checkpoint_every: int | None
     whose last checkpoint Tune marked as ended (ENDED_FILE, e.g. an ASHA stop).
     """
     train_config = TrainConfig.from_dict(config["trial"], where="trial")
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # no line per checkpoint
+    quiet_checkpoint_logs()  # no line per checkpoint
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
     device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
-    trainer = Trainer(split, train_config, device)
+    trainer = Trainer(split, train_config, device, selection)
     node_id = context.get_node_id()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -120,8 +128,9 @@ def run_trial(config: dict[str, Any], split: Split, checkpoint_every: int | None
             "best_epoch": trainer.best_epoch,
             "rss_mb": round(rss_mb(), 1),
             "node_id": node_id,
-            **{f"valid_{name}": valid[name] for name in METRICS},
-            **{f"best_valid_{name}": trainer.best_valid[name] for name in METRICS},
+            **{f"valid_{name}": valid[name] for name in (*METRICS, selection.field)},
+            **{f"best_valid_{name}": trainer.best_valid[name] for name in (*METRICS, selection.field)},
+            "best_valid_se": trainer.best_valid.get(f"{selection.field}_se", float("nan")),
         }
         regular = checkpoint_every is not None and report.epoch % checkpoint_every == 0
         if not (report.improved or trainer.finished or regular):
@@ -147,9 +156,9 @@ class TrialLedger(tune.Callback):
         """RETRIES_FILE: every trial's `num_failures`, which Tune keeps across failures and restores."""
         if not trials:
             return
-        storage = trials[0].storage
+        filesystem, experiment = trial_filesystem(trials[0]), trials[0].remote_experiment_path
         counts = {Path(trial.path).name: trial.num_failures for trial in trials}
-        with storage.storage_filesystem.open_output_stream(f"{storage.experiment_fs_path}/{RETRIES_FILE}") as stream:
+        with filesystem.open_output_stream(f"{experiment}/{RETRIES_FILE}") as stream:
             stream.write((json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -172,9 +181,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
     """A Tuner for `study` whose trials share `split` through the object store."""
     from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
-    metric = metric_name(study.metric)
+    metric = study.selection.key
     if study.scheduler.type == "asha":
         scheduler = PerModelASHA(
             time_attr=TIME_ATTR,
@@ -184,23 +192,24 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
         )
     else:
         scheduler = FIFOScheduler()
+    search = search_setup(study)
     return tune.Tuner(
         trainable_for(split, study_facts(study)),
-        param_space=study.param_space(),
+        param_space=search.param_space,
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=study.mode,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=study.seed),
-            num_samples=study.num_samples,
-            max_concurrent_trials=study.max_concurrent,
+            search_alg=search.search_alg,  # Tune wraps a Searcher in a ConcurrencyLimiter (max_concurrent_trials)
+            num_samples=search.num_samples,
+            max_concurrent_trials=search.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
             name=options.name,
             storage_path=str(options.storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=[TrialLedger(), StudyMetrics(options.name)],
+            callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection)],
             verbose=options.verbose,
         ),
     )
@@ -224,14 +233,17 @@ def study_facts(study: Study) -> dict[str, Any]:
         "models": [search.model for search in study.models],
         "data_spec": dataclasses.asdict(study.data),
         "repeat_seeds": list(study.repeat_seeds),
+        "select": None if study.select is None else {"top": study.select.top, "seeds": list(study.select.seeds)},
         "checkpoint_every": study.checkpoint_every,
+        "searcher": study.searcher.describe(),
     }
 
 
 def trainable_for(split: Split, facts: dict[str, Any]) -> Any:
     """run_trial with the split in the object store and the study's resources per trial."""
     return tune.with_resources(
-        tune.with_parameters(run_trial, split=split, checkpoint_every=facts.get("checkpoint_every")),
+        tune.with_parameters(run_trial, split=split, checkpoint_every=facts.get("checkpoint_every"),
+                             selection=selection_of(facts)),
         {"cpu": facts["cpus_per_trial"], "gpu": facts["gpus_per_trial"]},
     )
 
@@ -250,13 +262,15 @@ def finish(location: Location, facts: dict[str, Any], results: tune.ResultGrid, 
     repeats = None
     if facts["repeat_seeds"]:
         repeats = run_repeats(location, DataSpec(**facts["data_spec"]), tuple(facts["fractions"]),
-                              tuple(facts["repeat_seeds"]), leaderboard, facts["cpus_per_trial"])
+                              tuple(facts["repeat_seeds"]), leaderboard, facts["cpus_per_trial"], selection_of(facts))
     return StudyResult(location.uri, leaderboard, repeats)
 
 
 def run_study(study: Study, options: TuneOptions) -> StudyResult:
     """Split once, run every trial, write the leaderboard (and the seed repeats)."""
-    check_shared_storage(Location.of(options.storage, ""))
+    storage = Location.of(options.storage, "")
+    storage.check_access("--storage")
+    check_shared_storage(storage)
     location = Location.of(options.storage, options.name)
     if location.is_used():
         raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
@@ -274,6 +288,7 @@ def run_study(study: Study, options: TuneOptions) -> StudyResult:
 def resume_study(run_dir: str) -> StudyResult:
     """Continue an interrupted study: unfinished and errored trials go on from their last checkpoint."""
     location = Location.of(run_dir, "")
+    location.check_access("--resume")
     if not location.has(STUDY_FILE) or not tune.Tuner.can_restore(location.uri):
         raise RaycfError(f"{run_dir}: no raycf study to resume there; give the run directory that `raycf tune` printed")
     check_shared_storage(location, option="--resume")
@@ -308,6 +323,15 @@ def epochs_run(result: tune.Result) -> int:
     return int((result.metrics or {}).get(TIME_ATTR, 0))
 
 
+def relative_to(location: Location, path: str) -> str:
+    """`path` (on the location's filesystem) relative to the run directory: a run stays valid when moved."""
+    prefix = location.path.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise RaycfError(f"{path}: a trial checkpoint outside the run directory {location.uri}; resume the run "
+                         "where it was written")
+    return path[len(prefix):]
+
+
 def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultGrid) -> pd.DataFrame:
     """One row per trial: its hyperparameters, best epoch, best validation metrics, checkpoint and retries."""
     retries = json.loads(location.read_bytes(RETRIES_FILE)) if location.has(RETRIES_FILE) else {}
@@ -320,8 +344,10 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
             "model": config.get("model", "unknown"),
             "epochs_run": epochs_run(result),
             "best_epoch": int(metrics.get("best_epoch", 0)),
-            **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan"))) for name in METRICS},
-            "checkpoint": location.uri_of(f"{result.checkpoint.path}/{MODEL_FILE}") if result.checkpoint else None,
+            **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan")))
+               for name in dict.fromkeys((*METRICS, selection_of(facts).field))},
+            "valid_se": float(metrics.get("best_valid_se", float("nan"))),
+            "checkpoint": relative_to(location, f"{result.checkpoint.path}/{MODEL_FILE}") if result.checkpoint else None,
             "error": str(result.error).splitlines()[0][:300] if result.error else None,
             "retries": int(retries.get(Path(result.path).name, 0)),
             "node_id": metrics.get("node_id"),
@@ -334,16 +360,18 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
 
 
 def write_results(location: Location, facts: dict[str, Any], results: tune.ResultGrid, seconds: float) -> pd.DataFrame:
-    """trials.parquet (all), leaderboard.parquet (best trial per model), best.json (best overall)."""
+    """trials.parquet (all), leaderboard.parquet (best trial per model), best.json (best overall); with a
+    robust selection (study key `select`), select.parquet and the winners by mean over its seeds."""
     trials = trial_table(location, facts, results)
     location.write_bytes(TRIALS_FILE, parquet_bytes(trials))
-    key = metric_name(facts["metric"])
-    usable = trials[trials["checkpoint"].notna()]
-    if usable.empty:
+    selection = selection_of(facts)
+    key = selection.key
+    if trials["checkpoint"].isna().all():
         raise RaycfError(f"{location.uri}: no trial finished an epoch with a checkpoint; see the errors in {TRIALS_FILE}")
-    ascending = facts["mode"] == "min"
-    ranked = usable.sort_values([key, "trial_id"], ascending=[ascending, True])
-    leaderboard = ranked.groupby("model", sort=False).head(1).reset_index(drop=True)
+    means = None
+    if facts.get("select"):
+        means = seed_means(run_selection(location, facts, trials, selection), selection)
+    leaderboard = rank(trials, selection, means).groupby("model", sort=False).head(1).reset_index(drop=True)
     location.write_bytes(LEADERBOARD_FILE, parquet_bytes(leaderboard))
     best = leaderboard.iloc[0]
     summary = {
@@ -353,19 +381,24 @@ def write_results(location: Location, facts: dict[str, Any], results: tune.Resul
         "best_epoch": int(best["best_epoch"]),
         "valid": {name: float(best[f"valid_{name}"]) for name in METRICS},
         "config": json.loads(best["config"]),
-        "metric": key,
+        "metric": selection.label,
+        "metric_key": key,
         "mode": facts["mode"],
-        "split": f"{location.uri}/{SPLIT_DIR}",
+        "split": SPLIT_DIR,
         "trials": len(trials),
         "stopped_by": trials["stopped_by"].value_counts().to_dict(),
         "retries": int(trials["retries"].sum()),
         "seconds": round(seconds, 2),
     }
+    if means is not None:
+        summary["select"] = {"top": facts["select"]["top"], "seeds": json.loads(best["select_seeds"]),
+                             "mean": float(best["select_mean"]), "std": float(best["select_std"])}
     location.write_bytes(BEST_FILE, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return leaderboard
 
 
 def format_leaderboard(leaderboard: pd.DataFrame) -> str:
-    """Best trial per model as a small table."""
+    """Best trial per model as a small table (with its mean and spread over the selection seeds, if any)."""
     columns = ["model", "trial_id", "best_epoch", *(f"valid_{name}" for name in METRICS)]
+    columns += [column for column in ("select_mean", "select_std", "select_seeds") if column in leaderboard]
     return leaderboard[columns].to_string(index=False, float_format=lambda value: f"{value:.4f}")

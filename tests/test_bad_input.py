@@ -32,6 +32,8 @@ STUDY = "name: s\ndata: {dataset: synthetic}\n"
 MULTVAE = "models:\n  multvae: {}\n"
 MARKER = "code-ran"
 """Created in the case's directory if a checkpoint's pickled code ever runs."""
+GPUS = str(torch.cuda.device_count() + 1)
+"""One GPU more than torch sees on this machine: what a local Ray could never provide."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,13 @@ CASES = [
     case("cli-missing-run-dir-before-ray", command("score", "{tmp}/nowhere"), "nowhere: not a run directory",
          "expected best.json (raycf tune)"),
     case("cli-missing-users-file", score("--users", "{tmp}/users.txt"), "users.txt", "one per line", scores=True),
+    # resources this machine lacks (a local Ray would wait for them forever; checked before it starts)
+    case("cli-gpus-per-actor-without-gpu", score("--gpus-per-actor", GPUS), f"--gpus-per-actor {GPUS}: torch sees",
+         "use --gpus-per-actor 0 to run on the CPU, or --address a Ray cluster with GPU nodes"),
+    case("cli-gpus-per-trial-without-gpu", tune(STUDY + MULTVAE, "--gpus-per-trial", GPUS),
+         f"--gpus-per-trial {GPUS}: torch sees", "use --gpus-per-trial 0"),
+    case("study-gpus-per-trial-without-gpu", tune(STUDY + MULTVAE + f"resources: {{gpus_per_trial: {GPUS}}}\n"),
+         f"s.yaml: resources.gpus_per_trial: {GPUS}: torch sees", "use --gpus-per-trial 0"),
 ]
 
 
@@ -224,6 +233,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     else:
         monkeypatch.setattr(ray, "is_initialized", no_ray_yet)
         monkeypatch.setattr(ray, "init", refuse_ray)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the raycf command would start a local Ray
     argv = bad.args(tmp_path)
     before = tree(tmp_path)
     code = run_raycf(*argv)

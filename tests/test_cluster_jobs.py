@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TwoNodeCluster, free_ports
 
 from raycf.score import SUMMARY_JSON, TOPK_DIR
 from raycf.tune import SPLIT_DIR, TRIALS_FILE
@@ -32,90 +28,7 @@ from raycf.tune import SPLIT_DIR, TRIALS_FILE
 ROOT = Path(__file__).resolve().parents[1]
 RAYCF = [sys.executable, "-m", "raycf"]
 SCORE_METRICS = ("ray_raycf_users_scored_total", "ray_raycf_users_per_second")
-STUDY_METRICS = ("ray_raycf_trials_running", "ray_raycf_best_valid_ndcg", "ray_raycf_epochs_per_second")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def wait_for_port(port: int, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
-
-
-def can_unshare_mounts() -> bool:
-    """True when this user may give a process its own mount namespace (root, as in CI)."""
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "--mount", "true"], capture_output=True, check=False).returncode == 0
-
-
-@dataclass
-class TwoNodeCluster:
-    dashboard: str
-    gcs: str
-    metrics: list[str]
-    env: dict[str, str]
-    """The client's environment: the cluster's auth token and the venv's bin first on PATH."""
-    base: Path
-    private: Path | None
-    """A directory that only the head node sees (the worker mounts an empty tmpfs over it)."""
-    processes: list[subprocess.Popen] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def two_nodes() -> Iterator[TwoNodeCluster]:
-    """Head and worker raylets as separate `ray start --block` process groups, token auth on."""
-    base = Path(tempfile.mkdtemp(prefix="rcf", dir="/tmp"))  # short: Ray's socket paths live under it
-    token = secrets.token_hex(16)
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "RAY_metrics_report_interval_ms": "1000", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    gcs, dashboard, client, head_metrics, worker_metrics, head_agent, worker_agent = free_ports(7)
-    ray = [str(Path(bin_dir) / "ray"), "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
-           "--disable-usage-stats"]
-    private = base / "private" if can_unshare_mounts() else None
-    cluster = TwoNodeCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}",
-                             [f"http://127.0.0.1:{port}/metrics" for port in (head_metrics, worker_metrics)],
-                             env, base, private)
-    head = [*ray, "--head", "--temp-dir", str(base / "head"), "--port", str(gcs), "--dashboard-port", str(dashboard),
-            "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--ray-client-server-port", str(client),
-            "--metrics-export-port", str(head_metrics), "--dashboard-agent-listen-port", str(head_agent)]
-    # Each raylet gets its own temp dir: on one machine a shared one would let the worker's runtime-env
-    # cleanup delete the job's working directory from under the head's driver.
-    worker = [*ray, "--address", cluster.gcs, "--temp-dir", str(base / "worker"),
-              "--metrics-export-port", str(worker_metrics), "--dashboard-agent-listen-port", str(worker_agent)]
-    if private is not None:
-        private.mkdir()
-        worker = ["unshare", "--mount", "sh", "-c", f'mount -t tmpfs tmpfs "{private}" && exec "$@"', "sh", *worker]
-    try:
-        for command, port in ((head, dashboard), (worker, worker_metrics)):
-            cluster.processes.append(subprocess.Popen(command, env=env, start_new_session=True,
-                                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_for_port(port)
-        yield cluster
-    finally:
-        for process in cluster.processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in cluster.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
+STUDY_METRICS = ("ray_raycf_trials_running", "ray_raycf_best_valid_metric", "ray_raycf_epochs_per_second")
 
 
 def raycf(*args: str, env: dict[str, str] | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -203,7 +116,7 @@ def test_cluster_outputs_equal_a_one_node_run(two_nodes: TwoNodeCluster, submitt
     assert sorted(single_trials.index) == sorted(cluster_trials.index)
     for config, row in single_trials.iterrows():  # every epoch both ran gave the same validation NDCG
         other = cluster_trials.loc[config]
-        mine, theirs = (result_rows(Path(r["checkpoint"]).parents[1]) for r in (row, other))
+        mine, theirs = (result_rows((run / r["checkpoint"]).parents[1]) for run, r in ((single, row), (cluster, other)))
         common = min(len(mine), len(theirs))
         assert common >= 1
         pd.testing.assert_frame_equal(mine.head(common), theirs.head(common))
@@ -212,8 +125,8 @@ def test_cluster_outputs_equal_a_one_node_run(two_nodes: TwoNodeCluster, submitt
             if single_trials.loc[config, "epochs_run"] == cluster_trials.loc[config, "epochs_run"]]
     config = max(same, key=lambda c: single_trials.loc[c, "valid_ndcg"])
     outputs = {}
-    for name, trials in (("single", single_trials), ("cluster", cluster_trials)):
-        checkpoint_dir = str(Path(trials.loc[config, "checkpoint"]).parent)
+    for name, run, trials in (("single", single, single_trials), ("cluster", cluster, cluster_trials)):
+        checkpoint_dir = str((run / trials.loc[config, "checkpoint"]).parent)
         out = two_nodes.base / "shared" / f"scores-{name}"
         if name == "cluster":
             output, seen = run_while_scraping(two_nodes, "score", checkpoint_dir, "--out", str(out), "--batch-size",

@@ -293,7 +293,7 @@ def test_trials_restored_after_their_end_do_not_train_again(ray_cluster, tiny_st
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
     assert set(trials["stopped_by"]) >= {"asha"} and set(trials["stopped_by"]) & {"patience", "max_t"}
     for _, trial in trials[trials["stopped_by"] != "asha"].iterrows():  # these rely on their final checkpoint
-        (Path(trial["checkpoint"]).parent / ENDED_FILE).unlink()
+        (run_dir / Path(trial["checkpoint"]).parent / ENDED_FILE).unlink()
     before = all_rows(run_dir)
     facts = json.loads((run_dir / STUDY_FILE).read_text())
     resume_all = ResumeConfig(finished=ResumeConfig.ResumeType.RESUME)

@@ -8,9 +8,10 @@ import torch
 from scipy.sparse import csr_matrix
 
 from raycf.config import TrainConfig
-from raycf.errors import CheckpointError
+from raycf.errors import CheckpointError, RaycfError
 from raycf.models import MODELS, SparseBatch, build_model
 from raycf.models.checkpoint import load_checkpoint, save_checkpoint
+from raycf.train import Trainer
 
 RNG = np.random.default_rng(0)
 X = csr_matrix((RNG.random((7, 30)) < 0.2).astype(np.float32))
@@ -107,3 +108,184 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not a readable raycf checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+# --- wider search spaces (issue 12): layers, weight_decay, AutoRec activations; defaults unchanged ---
+
+PINNED_NDCG = {"multvae": 0.20001994464996986, "autorec": 0.19778726270351735}
+"""Seed-0 validation NDCG@5 after 5 epochs with each model's default settings on the synthetic split below,
+recorded on the code before layers, weight_decay and the activations existed (torch 2.13.0 CPU)."""
+PINNED_LAST_LOSS = {"multvae": 106.18297386169434, "autorec": 17.549729347229004}
+
+
+@pytest.fixture(scope="module")
+def pinned_split():
+    from raycf.data.split import split_interactions
+    from raycf.data.synthetic import generate_synthetic
+
+    frame = generate_synthetic(n_users=400, n_items=150, mean_interactions=30, min_interactions=20, seed=0)
+    return split_interactions(frame, seed=0, source="synthetic-test")
+
+
+def trained(split, model: str, **overrides):
+    from raycf.train import train
+
+    return train(split, TrainConfig.for_model(model, max_epochs=5, **overrides))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_default_settings_train_as_before_the_new_options(model: str, pinned_split) -> None:
+    result = trained(pinned_split, model)
+    assert result.best_valid["ndcg"] == pytest.approx(PINNED_NDCG[model], abs=1e-6)
+    assert result.history[-1].loss == pytest.approx(PINNED_LAST_LOSS[model], rel=1e-6)
+    # the same parameters as before: older checkpoints keep loading
+    assert sorted(result.model.state_dict()) == ["decoder.bias", "decoder.weight", "encoder_bias", "encoder_weight"]
+
+
+@pytest.mark.parametrize(("model", "overrides"), [
+    ("multvae", {"layers": [32]}),
+    ("multvae", {"weight_decay": 1e-2}),
+    ("autorec", {"weight_decay": 1e-2}),
+    ("autorec", {"hidden_activation": "relu"}),
+    ("autorec", {"output_activation": "identity"}),
+    ("autorec", {"dropout": 0.3}),
+], ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.items())))
+def test_each_new_option_changes_training(model: str, overrides: dict, pinned_split) -> None:
+    result = trained(pinned_split, model, **overrides)
+    assert np.isfinite([report.loss for report in result.history]).all()
+    assert result.history[-1].loss != pytest.approx(PINNED_LAST_LOSS[model], rel=1e-6)
+    assert result.best_valid["ndcg"] > 0.1
+
+
+def test_multvae_layers_add_tanh_layers_mirrored_in_the_decoder() -> None:
+    n_items, plain = X.shape[1], build_model(TrainConfig.for_model("multvae", hidden=8), X.shape[1])
+    model = build_model(TrainConfig.for_model("multvae", hidden=8, layers=[16, 12]), n_items)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name.endswith("weight")}
+    assert shapes == {
+        "encoder_weight": (n_items, 16), "encoder_layers.0.weight": (12, 16), "encoder_layers.1.weight": (16, 12),
+        "decoder_layers.0.weight": (12, 8), "decoder_layers.1.weight": (16, 12), "decoder.weight": (n_items, 16),
+    }
+    count = sum(p.numel() for p in model.parameters())
+    assert count == (n_items * 16 + 16) + (16 * 12 + 12) + (12 * 16 + 16) + (8 * 12 + 12) + (12 * 16 + 16) + (
+        16 * n_items + n_items)
+    assert sum(p.numel() for p in plain.parameters()) == n_items * 16 + 16 + 8 * n_items + n_items
+    x = torch.from_numpy(X.toarray())
+    h = torch.tanh(x / x.norm(dim=1, keepdim=True) @ model.encoder_weight + model.encoder_bias)
+    mu, _ = model.encoder_layers[1](torch.tanh(model.encoder_layers[0](h))).chunk(2, dim=1)
+    expected = model.decoder(torch.tanh(model.decoder_layers[1](torch.tanh(model.decoder_layers[0](mu)))))
+    assert torch.allclose(model.scores(SparseBatch.from_csr(X)), expected, atol=1e-5)
+
+
+def test_autorec_activations_are_applied() -> None:
+    batch, x = SparseBatch.from_csr(X), torch.from_numpy(X.toarray())
+    outputs = {}
+    for output in ("identity", "sigmoid", "relu"):
+        torch.manual_seed(0)
+        model = build_model(TrainConfig.for_model("autorec", hidden=5, output_activation=output), X.shape[1])
+        outputs[output] = model.reconstruct(batch)
+        logits = model.decoder(torch.sigmoid(x @ model.encoder_weight + model.encoder_bias))
+        assert torch.equal(model.scores(batch).argsort(1), logits.argsort(1))  # scores rank as before
+    assert outputs["identity"].min() < 0  # scores outside [0, 1]: no sigmoid applied
+    assert 0 < outputs["sigmoid"].min() and outputs["sigmoid"].max() < 1
+    assert outputs["relu"].min() == 0 and torch.equal(outputs["relu"], outputs["identity"].clamp_min(0))
+    assert torch.allclose(outputs["sigmoid"], torch.sigmoid(outputs["identity"]))
+    for hidden, function in (("identity", lambda t: t), ("relu", torch.relu), ("elu", torch.nn.functional.elu),
+                             ("selu", torch.nn.functional.selu)):
+        model = build_model(TrainConfig.for_model("autorec", hidden=5, hidden_activation=hidden), X.shape[1])
+        expected = torch.sigmoid(model.decoder(function(x @ model.encoder_weight + model.encoder_bias)))
+        assert torch.allclose(model.reconstruct(batch), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_weight_decay_is_adams(name: str, small_split) -> None:
+    """weight_decay is Adam's own (decoupled from the loss): the loss is unchanged, the optimizer carries it."""
+    config = TrainConfig.for_model(name, hidden=6, weight_decay=0.05)
+    trainer = Trainer(small_split, config)
+    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [0.05]
+    plain = build_model(TrainConfig.for_model(name, hidden=6), small_split.n_items)
+    plain.load_state_dict(trainer.model.state_dict())
+    batch = SparseBatch.from_csr(small_split.train[:20])
+    losses = [model.loss(batch, 0, torch.Generator().manual_seed(1)).item() for model in (trainer.model, plain)]
+    assert losses[0] == losses[1]
+
+
+def one_line_error(values: dict, match: str) -> None:
+    with pytest.raises(RaycfError, match=match) as caught:
+        TrainConfig.from_dict(values, where="trial")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ({"layers": [600, -1]}, r"trial: layers must be a list of ints >= 1, e\.g\. \[600\] or \[\], got \[600, -1\]"),
+    ({"layers": [0]}, r"trial: layers must be a list of ints >= 1"),
+    ({"layers": 600}, r"trial: field 'layers' must be a list of ints like \[600\] \(\[\] for none\), got 600"),
+    ({"layers": [600.0]}, r"trial: field 'layers' must be a list of ints"),
+    ({"layers": [True]}, r"trial: field 'layers' must be a list of ints"),
+    ({"layers": "600,x"}, r"trial: field 'layers' must be comma-separated ints like 600,200"),
+    ({"model": "autorec", "layers": [600]}, r"trial: layers must be \[\] for autorec"),
+    ({"hidden": -3}, r"trial: hidden must be >= 1, got -3"),
+    ({"weight_decay": -0.1}, r"trial: weight_decay must be >= 0, got -0\.1"),
+    ({"weight_decay": "0.1"}, r"trial: field 'weight_decay' must be float, got '0\.1'"),
+    ({"model": "autorec", "hidden_activation": "tanh"},
+     r"trial: hidden_activation must be one of identity, sigmoid, relu, elu, selu, got 'tanh'"),
+    ({"model": "autorec", "output_activation": "softmax"}, r"trial: output_activation must be one of identity"),
+    ({"hidden_activation": "relu"}, r"trial: hidden_activation must be sigmoid \(the default\) for multvae"),
+    ({"output_activation": "identity"}, r"trial: output_activation must be sigmoid \(the default\) for multvae"),
+    ({"latent": 200}, r"trial: unknown field\(s\) latent; known: model, hidden, layers"),
+])
+def test_configs_that_cannot_be_built_are_refused_naming_the_field(values: dict, match: str) -> None:
+    one_line_error(values, match)
+
+
+def test_layers_round_trip_through_dicts_and_their_flat_form() -> None:
+    config = TrainConfig.for_model("multvae", layers=[600, 200], weight_decay=1e-5)
+    assert config.layers == (600, 200) and hash(config)
+    assert config.to_dict()["layers"] == [600, 200] and config.to_dict(flat=True)["layers"] == "600,200"
+    assert TrainConfig.from_dict(config.to_dict()) == TrainConfig.from_dict(config.to_dict(flat=True)) == config
+    assert TrainConfig.for_model("multvae", layers="").layers == () == TrainConfig().layers
+    assert TrainConfig(layers=[600]).layers == (600,)
+
+
+def test_checkpoints_keep_new_settings_and_older_ones_load_with_defaults(tmp_path) -> None:
+    batch = SparseBatch.from_csr(X)
+    for config in (TrainConfig.for_model("multvae", hidden=6, layers=[10]),
+                   TrainConfig.for_model("autorec", hidden=6, hidden_activation="elu", output_activation="identity")):
+        model = build_model(config, X.shape[1]).eval()
+        save_checkpoint(tmp_path / "model.pt", model)
+        loaded, _ = load_checkpoint(tmp_path / "model.pt")
+        assert loaded.config == config and torch.equal(loaded.scores(batch), model.scores(batch))
+    # a checkpoint written before these fields existed: its config lacks them
+    for name in sorted(MODELS):
+        model = build_model(TrainConfig.for_model(name, hidden=6), X.shape[1]).eval()
+        save_checkpoint(tmp_path / "old.pt", model)
+        payload = torch.load(tmp_path / "old.pt", weights_only=True)
+        for key in ("layers", "weight_decay", "hidden_activation", "output_activation"):
+            del payload["config"][key]
+        torch.save(payload, tmp_path / "old.pt")
+        loaded, _ = load_checkpoint(tmp_path / "old.pt", expect_model=name)
+        assert (loaded.config.layers, loaded.config.weight_decay) == ((), 0.0)
+        assert (loaded.config.hidden_activation, loaded.config.output_activation) == ("sigmoid", "sigmoid")
+        assert torch.equal(loaded.scores(batch), model.scores(batch))
+
+
+def test_train_command_options_reach_the_checkpoint(tmp_path, capsys) -> None:
+    from conftest import run_raycf
+
+    fast = ["--dataset", "synthetic", "--hidden", "8", "--max-epochs", "2", "--quiet"]
+    assert run_raycf("train", "--model", "multvae", *fast, "--layers", "24,12", "--weight-decay", "1e-4",
+                     "--out", str(tmp_path / "m")) == 0
+    assert run_raycf("train", "--model", "autorec", *fast, "--hidden-activation", "relu", "--output-activation",
+                     "identity", "--out", str(tmp_path / "a")) == 0
+    multvae, _ = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
+    autorec, _ = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert (multvae.config.layers, multvae.config.weight_decay) == ((24, 12), 1e-4)
+    assert multvae.decoder.weight.shape[1] == 24 and len(multvae.decoder_layers) == 2
+    assert (autorec.config.hidden_activation, autorec.config.output_activation) == ("relu", "identity")
+    capsys.readouterr()
+    assert run_raycf("train", "--model", "autorec", *fast, "--layers", "600", "--out", str(tmp_path / "x")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "raycf: error: config: layers must be [] for autorec (Mult-VAE only; AutoRec's one hidden layer is "
+        "`hidden`), got [600]")
+    assert run_raycf("train", "--model", "multvae", *fast, "--layers", "6x", "--out", str(tmp_path / "x")) == 2
+    assert "field 'layers' must be comma-separated ints like 600,200" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

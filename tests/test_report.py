@@ -71,7 +71,8 @@ def test_leaderboard_numbers_equal_the_parquet(run_dir) -> None:
     assert [row[:2] for row in rows] == leaderboard[["model", "trial_id"]].values.tolist()
     for row, (_, best) in zip(rows, leaderboard.iterrows()):
         assert int(row[2]) == best["best_epoch"]
-        assert [float(cell) for cell in row[3:7]] == [round(best[f"valid_{name}"], 4) for name in METRICS]
+        assert row[3] == f"{best['valid_ndcg']:.4f} ± {best['valid_se']:.4f}"  # the study's metric and its SE
+        assert [float(cell) for cell in row[4:8]] == [round(best[f"valid_{name}"], 4) for name in METRICS]
 
 
 def test_trial_table_lists_every_trial(run_dir) -> None:
@@ -80,7 +81,8 @@ def test_trial_table_lists_every_trial(run_dir) -> None:
     assert sorted(row[1] for row in rows) == sorted(trials.index)
     for row in rows:
         assert row[2] == trials.loc[row[1], "stopped_by"]
-        assert float(row[5]) == round(trials.loc[row[1], "valid_ndcg"], 4)
+        trial = trials.loc[row[1]]
+        assert row[5] == f"{trial['valid_ndcg']:.4f} ± {trial['valid_se']:.4f}"
 
 
 def test_test_metrics_equal_the_summary(run_dir) -> None:
@@ -100,10 +102,10 @@ def test_html_is_self_contained(run_dir) -> None:
 
 
 def test_without_scores_it_says_to_score_first(run_dir) -> None:
-    write_report(run_dir, scores_dir=run_dir / "no-scores")
+    write_report(str(run_dir), str(run_dir / "no-scores"))
     text = section((run_dir / REPORT_MD).read_text(), "## Test metrics")
     assert f"raycf score {run_dir}" in text
-    write_report(run_dir)  # leave the scored report for the other tests
+    write_report(str(run_dir))  # leave the scored report for the other tests
 
 
 def test_missing_run_dir_is_one_line_and_exit_2(tmp_path, capsys) -> None:

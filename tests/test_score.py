@@ -60,7 +60,7 @@ def test_every_user_once_no_known_item_and_metrics_as_in_process(ray_cluster, tu
     assert (topk.groupby("user_id")["rank"].apply(list) == [[1, 2, 3, 4, 5]] * split.n_users).all()
     train = raw_sets(pd.read_parquet(tune_run / "split" / "train.parquet"))
     assert not any(item in train[user] for user, item in zip(topk["user_id"], topk["item_id"]))
-    model, _ = load_checkpoint(Path(json.loads((tune_run / "best.json").read_text())["checkpoint"]))
+    model, _ = load_checkpoint(tune_run / json.loads((tune_run / "best.json").read_text())["checkpoint"])
     expected = summarize(evaluate_model(model, split, "test", mask="train"))
     for name in METRICS:
         assert summary[name] == pytest.approx(expected[name], abs=1e-6)

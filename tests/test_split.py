@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from raycf.data.split import PARTS, Split, load_split, save_split, split_interactions
+from raycf.data.split import (
+    PARTS,
+    Split,
+    content_sha256,
+    load_split,
+    save_split,
+    split_interactions,
+)
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import DataError
 
@@ -76,7 +87,7 @@ def test_fractions_and_dropped_records(frame: pd.DataFrame, split: Split) -> Non
 
 def test_manifest(split: Split) -> None:
     manifest = split.manifest
-    assert manifest["format_version"] == 1 and manifest["seed"] == 5
+    assert manifest["format_version"] == 2 and manifest["seed"] == 5
     assert manifest["source"] == "synthetic" and manifest["source_sha256"] == "abc"
     assert manifest["fractions"] == [0.6, 0.2, 0.2]
     assert (manifest["n_users"], manifest["n_items"]) == (split.n_users, split.n_items)
@@ -177,3 +188,112 @@ def test_bad_records() -> None:
         split_interactions(pd.DataFrame({"user_id": [1, 2], "item_id": [1.5, 2.5]}))
     with pytest.raises(DataError, match="user_id"):
         split_interactions(pd.DataFrame({"user": [1, 2], "item_id": [1, 2]}))
+
+
+# The split's identity: split_sha256 hashes the content (raw ids, index pairs), never the Parquet bytes.
+
+FIXED = pd.DataFrame([(u, (u * k) % 11) for u in range(1, 9) for k in range(1, 6)], columns=["user_id", "item_id"])
+"""40 records of 8 users: a split small enough to pin its hash."""
+
+
+def _documented_sha256(split: Split) -> str:
+    """split_sha256 written out from content_sha256's docstring, in plain Python."""
+
+    def u64(n: int) -> bytes:
+        return struct.pack("<Q", n)
+
+    def label(text: str) -> bytes:
+        return u64(len(text.encode())) + text.encode()
+
+    out = b"raycf-split-content/1"
+    for name, ids in (("user_ids", split.user_ids.tolist()), ("item_ids", split.item_ids.tolist())):
+        strings = isinstance(ids[0], str)
+        out += label(name) + label("utf8" if strings else "int64") + u64(len(ids))
+        out += b"".join(label(i) if strings else struct.pack("<q", i) for i in ids)
+    for name in PARTS:
+        rows, cols = getattr(split, name).nonzero()
+        pairs = sorted(zip(rows.tolist(), cols.tolist()))
+        out += label(name) + u64(len(pairs)) + b"".join(struct.pack("<qq", r, c) for r, c in pairs)
+    return hashlib.sha256(out).hexdigest()
+
+
+def test_split_sha256_is_pinned_and_follows_the_documented_encoding() -> None:
+    numbered = split_interactions(FIXED, seed=0)
+    named = split_interactions(FIXED.assign(user_id="u" + FIXED["user_id"].astype(str),
+                                            item_id="é" + FIXED["item_id"].astype(str)), seed=0)
+    assert numbered.manifest["split_sha256"] == "9940d929068a49c5750da32ac0a8b54dbcdcb9fcd696533bf55b2175ccbe4f26"
+    assert named.manifest["split_sha256"] == "9325fb93047ae0548054b7b2559b5e78267b008f35dfc75bfda686ef0f8049bf"
+    for split in (numbered, named):
+        assert split.manifest["split_sha256"] == _documented_sha256(split)
+
+
+def _parts(split: Split) -> dict:
+    return {name: getattr(split, name) for name in PARTS}
+
+
+def test_split_sha256_changes_with_the_content_only(split: Split) -> None:
+    same = content_sha256(_parts(split), split.user_ids.astype(np.int32), split.item_ids.astype(np.uint32))
+    assert same == split.manifest["split_sha256"], "the ids' dtype is not content"
+    shuffled = {**_parts(split), "train": split.train.tocsc().tocsr()}
+    assert content_sha256(shuffled, split.user_ids, split.item_ids) == split.manifest["split_sha256"]
+
+    test = split.test.copy()
+    test.data[0] = 0  # one test pair fewer
+    test.eliminate_zeros()
+    fewer = {**_parts(split), "test": test}
+    swapped = {**_parts(split), "valid": split.test, "test": split.valid}
+    as_text = np.array([str(i) for i in split.user_ids], dtype=object)
+    others = [
+        content_sha256(fewer, split.user_ids, split.item_ids),
+        content_sha256(swapped, split.user_ids, split.item_ids),
+        content_sha256(_parts(split), as_text, split.item_ids),
+        content_sha256(_parts(split), split.user_ids + 1, split.item_ids),
+    ]
+    assert len({split.manifest["split_sha256"], *others}) == 5
+
+
+def _rewrite(path: Path, table, **options) -> None:
+    """Write `table` to `path` and record the new file's sha256 in the manifest beside it."""
+    pq.write_table(table, path, **options)
+    manifest_path = path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["file_sha256"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_split_sha256_survives_parquet_written_differently(split: Split, tmp_path: Path) -> None:
+    target = tmp_path / "split"
+    save_split(split, target)
+    before = (target / "train.parquet").read_bytes()
+    _rewrite(target / "train.parquet", pq.read_table(target / "train.parquet"), compression="snappy",
+             row_group_size=100, use_dictionary=False)
+    assert (target / "train.parquet").read_bytes() != before
+    loaded = load_split(target)
+    _assert_same(split, loaded)
+    assert loaded.manifest["split_sha256"] == split.manifest["split_sha256"]
+
+
+def test_load_refuses_content_that_is_not_split_sha256(split: Split, tmp_path: Path) -> None:
+    target = tmp_path / "split"
+    save_split(split, target)
+    table = pq.read_table(target / "test.parquet")
+    _rewrite(target / "test.parquet", table.slice(1), compression="zstd")  # a record lost, file hash made to fit
+    refused = r"split_sha256 \w{12} in .*manifest.json does not match the split in its Parquet .*split again"
+    with pytest.raises(DataError, match=refused) as caught:
+        load_split(target)
+    assert "\n" not in str(caught.value) and str(target) in str(caught.value)
+
+
+def test_format_1_split_with_its_bytes_hash_still_loads(split: Split, tmp_path: Path) -> None:
+    """Runs saved before split_sha256 hashed the content keep their hash, so their checkpoints still match."""
+    target = tmp_path / "split"
+    save_split(split, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    old = hashlib.sha256(b"".join((target / f"{name}.parquet").read_bytes() for name in PARTS)).hexdigest()
+    (target / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1, "split_sha256": old}))
+    loaded = load_split(target)
+    _assert_same(split, loaded)
+    assert loaded.manifest["split_sha256"] == old
+    (target / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(DataError, match="split_sha256 in .*manifest.json does not match the Parquet files"):
+        load_split(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_quickstart_loads_and_expands_to_eight_trials() -> None:
 def test_ml1m_reference_loads_and_expands() -> None:
     study = load_study(STUDIES / "ml1m-reference.yaml")
     assert (study.data.dataset, study.data.ratings, study.fractions) == ("ml-1m", None, (0.6, 0.2, 0.2))
-    assert (study.metric, study.mode, study.seed, study.max_concurrent, study.max_failures) == ("ndcg", "max", 0, 2, 2)
+    assert (study.metric, study.mode, study.seed, study.max_concurrent, study.max_failures) == ("ndcg@5", "max", 0, 2, 2)
     assert study.scheduler.max_t == 300 and study.scheduler.grace_period == 20
     configs = trials(study)
     vae = [c for c in configs if c.model == "multvae"]
@@ -165,7 +166,7 @@ BAD = [
      "data.format: applies to a ratings file only"),
     ("bad-split", edit("  dataset: synthetic\n", "  dataset: synthetic\n  split: [0.5, 0.2, 0.2]\n"),
      "data.split: must be three numbers > 0 that sum to 1"),
-    ("bad-metric", GOOD + "metric: auc\n", "metric: must be one of precision, recall, ndcg, mrr, got 'auc'"),
+    ("bad-metric", GOOD + "metric: auc\n", "metric: unknown metric 'auc'; use name@k with name one of precision, recall, ndcg, mrr"),
     ("missing-name", edit("name: t\n", ""), "name: missing; it is required"),
     ("max-concurrent-zero", GOOD + "max_concurrent: 0\n", "max_concurrent: must be >= 1, got 0"),
     ("max-failures-negative", GOOD + "max_failures: -1\n", "max_failures: must be >= 0, got -1"),
@@ -245,3 +246,95 @@ def test_missing_ratings_can_be_replaced_on_the_command_line(tmp_path: Path) -> 
     ratings.write_text("user_id,item_id\n1,2\n")
     study = apply_overrides(load_study(path, check_ratings=False), ratings=ratings)
     assert study.data.ratings == str(ratings)
+
+
+# --- wider search spaces (issue 12): layers, weight_decay and AutoRec's activations in study files ---
+
+WIDE = """\
+name: wide
+data:
+  dataset: synthetic
+  synthetic: {n_users: 50, n_items: 30}
+models:
+  multvae:
+    fixed: {hidden: 8, weight_decay: 1.0e-5}
+    search:
+      layers: {choice: [[], [600], [600, 300]]}
+  autorec:
+    fixed: {hidden: 8, output_activation: identity, dropout: 0.2}
+    search:
+      hidden_activation: {grid: [sigmoid, relu, elu, selu, identity]}
+"""
+
+
+def test_study_with_the_new_fields_validates_and_expands(tmp_path: Path) -> None:
+    path = tmp_path / "wide.yaml"
+    path.write_text(WIDE)
+    study = load_study(path)
+    multvae, autorec = study.models
+    assert multvae.fixed == {"hidden": 8, "weight_decay": 1e-5}
+    assert multvae.search == {"layers": Dimension("choice", ("", "600", "600,300"))}  # Tune's flat form
+    configs = [TrainConfig.from_dict(variant["trial"]) for seed in range(20)
+               for _, variant in generate_variants(study.param_space(), random_state=seed)]
+    assert {c.layers for c in configs if c.model == "multvae"} == {(), (600,), (600, 300)}
+    assert {c.weight_decay for c in configs if c.model == "multvae"} == {1e-5}
+    assert {c.hidden_activation for c in configs if c.model == "autorec"} == {"sigmoid", "relu", "elu", "selu",
+                                                                                "identity"}
+    assert {(c.output_activation, c.dropout) for c in configs if c.model == "autorec"} == {("identity", 0.2)}
+    # every value Tune sees is a scalar (trials.parquet's hp_ columns stay comparable)
+    for _, variant in generate_variants(study.param_space()):
+        assert all(isinstance(value, (str, int, float)) for value in variant["trial"].values())
+
+
+def test_fixed_layers_and_a_grid_of_lists(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD.replace("hidden: 8", "hidden: 8, layers: [20]").replace(
+        "dropout: {uniform: [0.3, 0.6]}", "lr: {grid: [1.0e-3, 3.0e-3]}"))
+    study = load_study(path)
+    assert study.models[0].fixed == {"hidden": 8, "layers": "20"}
+    assert [(c.layers, c.lr) for c in trials(study)] == [((20,), 1e-3), ((20,), 3e-3)]
+    path.write_text(GOOD.replace("dropout: {uniform: [0.3, 0.6]}", "layers: {grid: [[], [16, 16]]}"))
+    assert [c.layers for c in trials(load_study(path))] == [(), (16, 16)]
+
+
+WIDE_BAD = [
+    ("unknown-name", edit("hidden: 8", "latent: 8"), "models.multvae.fixed.latent: unknown TrainConfig field; allowed: hidden, layers"),
+    ("layers-negative", edit("hidden: 8", "layers: [600, -1]"),
+     "models.multvae.fixed.layers: layers must be a list of ints >= 1, e.g. [600] or [], got [600, -1]"),
+    ("layers-not-list", edit("hidden: 8", "layers: 600"),
+     "models.multvae.fixed.layers: field 'layers' must be a list of ints like [600]"),
+    ("layers-choice-element", edit("dropout: {uniform: [0.3, 0.6]}", "layers: {choice: [[], [0]]}"),
+     "models.multvae.search.layers.choice[1]: layers must be a list of ints >= 1"),
+    ("layers-choice-flat", edit("dropout: {uniform: [0.3, 0.6]}", "layers: {choice: [600, 300]}"),
+     "models.multvae.search.layers.choice[0]: field 'layers' must be a list of ints like [600]"),
+    ("layers-randint", edit("dropout: {uniform: [0.3, 0.6]}", "layers: {randint: [1, 9]}"),
+     "models.multvae.search.layers.randint: samples ints, but layers is list; use choice or grid"),
+    ("layers-autorec", GOOD + "  autorec: {fixed: {layers: [600]}}\n",
+     "models.autorec.fixed.layers: layers must be [] for autorec"),
+    ("activation-unknown", GOOD + "  autorec: {search: {output_activation: {choice: [sigmoid, tanh]}}}\n",
+     "models.autorec.search.output_activation.choice[1]: output_activation must be one of identity, sigmoid, relu, "
+     "elu, selu, got 'tanh'"),
+    ("activation-multvae", edit("hidden: 8", "hidden_activation: relu"),
+     "models.multvae.fixed.hidden_activation: hidden_activation must be sigmoid (the default) for multvae"),
+    ("weight-decay-negative", edit("dropout: {uniform: [0.3, 0.6]}", "weight_decay: {uniform: [-1.0, 0.1]}"),
+     "models.multvae.search.weight_decay.uniform[0]: weight_decay must be >= 0, got -1.0"),
+]
+
+
+@pytest.mark.parametrize(("stem", "text", "fragment"), WIDE_BAD, ids=[case[0] for case in WIDE_BAD])
+def test_bad_new_fields_are_refused_naming_the_key(tmp_path: Path, stem: str, text: str, fragment: str) -> None:
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(text)
+    with pytest.raises(RaycfError, match=re.escape(f"{path}: {fragment}")) as caught:
+        load_study(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_trial_whose_config_cannot_be_built_fails_in_the_trial(small_split) -> None:
+    """run_trial builds its TrainConfig first: a bad config is that trial's error (Tune records it), nothing more."""
+    from raycf.tune import run_trial
+
+    bad = {**TrainConfig.for_model("multvae").to_dict(flat=True), "layers": "600,-5"}
+    with pytest.raises(RaycfError, match=r"trial: layers must be a list of ints >= 1, e\.g\. \[600\] or \[\], got "
+                                         r"\[600, -5\]"):
+        run_trial({"trial": bad}, small_split)

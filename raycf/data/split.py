@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ import scipy.sparse as sp
 from raycf.atomic import staged_directory
 from raycf.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: split_sha256 hashes the split's content (`content_sha256`); 1: it hashed the Parquet files' bytes."""
 PARTS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
+CONTENT_HEADER = b"raycf-split-content/1"
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +109,8 @@ def split_interactions(
         "dropped": dropped,
         "n_records": n_records,
     }
-    manifest.update(_digests(_parquet_files(matrices, user_ids, item_ids)))
+    manifest["split_sha256"] = content_sha256(matrices, user_ids, item_ids)
+    manifest["file_sha256"] = _file_digests(_parquet_files(matrices, user_ids, item_ids))
     return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
 
 
@@ -114,7 +118,7 @@ def save_split(split: Split, directory: Path) -> None:
     """Write the three Parquet parts and manifest.json atomically; refuse to replace a different split."""
     directory = Path(directory)
     files = _parquet_files({name: getattr(split, name) for name in PARTS}, split.user_ids, split.item_ids)
-    manifest = {**split.manifest, **_digests(files)}
+    manifest = {**split.manifest, "file_sha256": _file_digests(files)}
     files[MANIFEST] = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
     if directory.exists():
         if not directory.is_dir():
@@ -137,7 +141,8 @@ def save_split(split: Split, directory: Path) -> None:
 
 
 def load_split(directory: Path) -> Split:
-    """Read a saved split back, checking every file against the sha256s in its manifest."""
+    """Read a saved split back, checking every file against its sha256 in the manifest and the decoded
+    split against the manifest's split_sha256 (`content_sha256`; over the files' bytes for format 1)."""
     directory = Path(directory)
     manifest = _read_manifest(directory)
     blobs = {}
@@ -147,14 +152,14 @@ def load_split(directory: Path) -> Split:
             blobs[name] = path.read_bytes()
         except OSError as err:
             raise DataError(f"split: cannot read {path}: {err.strerror}; save the split again") from err
-    found = _digests({f"{name}.parquet": blob for name, blob in blobs.items()})
-    for file_name, digest in found["file_sha256"].items():
+    for file_name, digest in _file_digests({f"{name}.parquet": blob for name, blob in blobs.items()}).items():
         if manifest["file_sha256"].get(file_name) != digest:
             raise DataError(
                 f"split: {directory / file_name} does not match its sha256 in {MANIFEST} "
                 f"(modified or truncated); delete {directory} and split again"
             )
-    if manifest["split_sha256"] != found["split_sha256"]:
+    legacy = manifest.get("format_version") == 1  # split_sha256 over the files' bytes, kept for older runs
+    if legacy and manifest["split_sha256"] != hashlib.sha256(b"".join(blobs[name] for name in PARTS)).hexdigest():
         raise DataError(f"split: split_sha256 in {directory / MANIFEST} does not match the Parquet files; "
                         f"delete {directory} and split again")
 
@@ -170,7 +175,59 @@ def load_split(directory: Path) -> Split:
             raise DataError(f"split: {directory / name}.parquet holds users or items absent from train.parquet; "
                             f"delete {directory} and split again")
         matrices[name] = _matrix(rows, cols, shape)
+    found = content_sha256(matrices, user_ids, item_ids)
+    if not legacy and manifest["split_sha256"] != found:
+        raise DataError(
+            f"split: split_sha256 {str(manifest['split_sha256'])[:12]} in {directory / MANIFEST} does not match "
+            f"the split in its Parquet files ({found[:12]}); delete {directory} and split again"
+        )
     return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
+
+
+def content_sha256(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, item_ids: np.ndarray) -> str:
+    """The split's identity: sha256 of a canonical encoding of its content, whatever wrote its files.
+
+    The same raw ids and (user, item) pairs give the same hex digest under any pyarrow, numpy or scipy
+    version and whatever the id arrays' dtypes. The encoding hashed, integers little-endian:
+
+    1. the ASCII header ``raycf-split-content/1``;
+    2. ``user_ids`` then ``item_ids`` (sorted, as in `Split`), each as: label(field name),
+       label(``int64`` or ``utf8``), the id count as uint64, then every id: an integer id as int64; a
+       string id as the uint64 length of its UTF-8 bytes, then those bytes;
+    3. ``train``, ``valid`` then ``test``, each as: label(part name), the number of pairs as uint64, then
+       every stored (row, column) index pair as two int64, sorted by row then column.
+
+    label(s) is the uint64 length of s's UTF-8 bytes, then those bytes. Matrix values (all 1) and the
+    manifest's other fields (seed, source, ...) are not hashed.
+    """
+    digest = hashlib.sha256(CONTENT_HEADER)
+    for name, ids in (("user_ids", user_ids), ("item_ids", item_ids)):
+        kind, encoded = _encode_ids(ids, name)
+        digest.update(_label(name) + _label(kind) + struct.pack("<Q", len(ids)))
+        digest.update(encoded)
+    for name in PARTS:
+        rows, cols = matrices[name].nonzero()
+        order = np.lexsort((cols, rows))
+        pairs = np.column_stack((rows[order], cols[order])).astype("<i8")
+        digest.update(_label(name) + struct.pack("<Q", len(pairs)))
+        digest.update(pairs.tobytes())
+    return digest.hexdigest()
+
+
+def _label(text: str) -> bytes:
+    """A name in the content encoding: uint64 length of its UTF-8 bytes, then them."""
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _encode_ids(ids: np.ndarray, name: str) -> tuple[str, bytes]:
+    """("int64", the ids as little-endian int64) or ("utf8", each id length-prefixed); DataError otherwise."""
+    values = np.asarray(ids)
+    if values.dtype.kind in "iu":
+        return "int64", values.astype("<i8").tobytes()
+    if values.dtype.kind in "OU" and all(isinstance(value, str) for value in values.tolist()):
+        return "utf8", b"".join(_label(value) for value in values.tolist())
+    raise DataError(f"split: {name} must hold integer or string ids, found {values.dtype}; convert them to one id type")
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -258,15 +315,9 @@ def _parquet_files(
     return files
 
 
-def _digests(files: dict[str, bytes]) -> dict[str, Any]:
-    """split_sha256 over the parts in order train, valid, test, and each file's own sha256."""
-    whole = hashlib.sha256()
-    for name in PARTS:
-        whole.update(files[f"{name}.parquet"])
-    return {
-        "split_sha256": whole.hexdigest(),
-        "file_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-    }
+def _file_digests(files: dict[str, bytes]) -> dict[str, str]:
+    """Each file's own sha256 (to tell a damaged file); the split's identity is `content_sha256`."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

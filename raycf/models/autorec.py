@@ -6,11 +6,19 @@ import torch
 from torch import nn
 
 from raycf.config import TrainConfig
-from raycf.models.base import Recommender, SparseBatch, input_dropout, sparse_linear
+from raycf.models.base import (
+    ACTIVATION_FUNCTIONS,
+    Recommender,
+    SparseBatch,
+    input_dropout,
+    sparse_linear,
+)
 
 
 class AutoRec(Recommender):
-    """x_hat = sigmoid(V sigmoid(W x + b) + c), squared error over all items plus lambda/2 (|W|^2 + |V|^2)."""
+    """x_hat = g(V f(W x + b) + c), squared error over all items plus lambda/2 (|W|^2 + |V|^2).
+
+    f and g are `hidden_activation` and `output_activation` (both sigmoid by default, as in the paper)."""
 
     name = "autorec"
 
@@ -24,12 +32,20 @@ class AutoRec(Recommender):
         nn.init.zeros_(self.decoder.bias)
 
     def logits(self, batch: SparseBatch, values: torch.Tensor) -> torch.Tensor:
-        hidden = torch.sigmoid(sparse_linear(batch, values, self.encoder_weight, self.encoder_bias))
+        """V f(W x + b) + c: the reconstruction before its activation g."""
+        activation = ACTIVATION_FUNCTIONS[self.config.hidden_activation]
+        hidden = activation(sparse_linear(batch, values, self.encoder_weight, self.encoder_bias))
         return self.decoder(hidden)
+
+    def reconstruct(self, batch: SparseBatch, values: torch.Tensor | None = None) -> torch.Tensor:
+        """x_hat = g(logits): what the squared error compares with x (`values`: the batch's, normalised)."""
+        if values is None:
+            values = batch.normalized_values(self.config.normalize)
+        return ACTIVATION_FUNCTIONS[self.config.output_activation](self.logits(batch, values))
 
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         values = input_dropout(batch.normalized_values(self.config.normalize), self.config.dropout, generator)
-        reconstruction = torch.sigmoid(self.logits(batch, values))
+        reconstruction = self.reconstruct(batch, values)
         # sum_i (x_i - x_hat_i)^2 over all items, without densifying x: sum x_hat^2 - 2 x.x_hat + x.x
         squared_error = (
             reconstruction.square().sum()
@@ -39,5 +55,6 @@ class AutoRec(Recommender):
         return squared_error + self.l2_penalty(self.encoder_weight, self.decoder.weight)
 
     def scores(self, batch: SparseBatch) -> torch.Tensor:
-        # sigmoid is monotone: ranking by logits is the same and avoids ties from saturation
+        # every output activation is monotone: ranking by logits is the same and avoids ties from
+        # saturation (sigmoid) or clipping (relu)
         return self.logits(batch, batch.normalized_values(self.config.normalize))

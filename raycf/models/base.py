@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -67,6 +68,16 @@ def input_dropout(values: torch.Tensor, rate: float, generator: torch.Generator 
         return values
     keep = torch.rand(values.shape, generator=generator).to(values.device) >= rate
     return values * keep / (1.0 - rate)
+
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "elu": F.elu,
+    "selu": F.selu,
+}
+"""Every name of raycf.config.ACTIVATIONS, as a function."""
 
 
 class Recommender(nn.Module, ABC):

@@ -90,3 +90,16 @@ def checkpoint_from_bytes(
         raise CheckpointError(f"{where}: checkpoint does not fit its model ({reason[:200]}); {_WAY_OUT}") from None
     model.eval()
     return model, payload["meta"]
+
+
+def check_same_split(meta: dict[str, Any], split_sha256: str, where: str) -> None:
+    """CheckpointError when the checkpoint's meta names another split than `split_sha256`.
+
+    A checkpoint without `split_sha256` in its meta (written before raycf recorded it) passes.
+    """
+    trained_on = meta.get("split_sha256")
+    if trained_on is not None and trained_on != split_sha256:
+        raise CheckpointError(
+            f"{where}: checkpoint was trained on split {str(trained_on)[:12]} but this run's split is "
+            f"{split_sha256[:12]}; score the run the checkpoint was trained on"
+        )

@@ -1,0 +1,138 @@
+"""One meaning of "best": the study's (or `raycf train`'s) metric at its k picks every trial's best epoch,
+its patience, ASHA and the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_STUDY, run_raycf
+
+from raycf.config import TrainConfig
+from raycf.data.split import split_interactions
+from raycf.data.synthetic import generate_synthetic
+from raycf.errors import RaycfError
+from raycf.metrics import Selection
+from raycf.selection import SELECT_FILE
+from raycf.storage import parse_results
+from raycf.study import load_study
+from raycf.train import train
+from raycf.tune import BEST_FILE, LEADERBOARD_FILE, TRIALS_FILE
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("ndcg", Selection("ndcg", 5)), ("recall@20", Selection("recall", 20)), ("mrr@1", Selection("mrr", 1)),
+])
+def test_metric_names_are_name_at_k(text: str, expected: Selection) -> None:
+    assert Selection.parse(text) == expected
+    assert Selection.parse(text).key == ("valid_" + (expected.name if expected.k == 5 else text))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("auc", "unknown metric 'auc'"), ("ndcg@0", "k must be an integer >= 1"), ("ndcg@x", "k must be an integer"),
+])
+def test_bad_metric_names_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Selection.parse(text)
+
+
+def test_training_keeps_the_best_epoch_of_its_metric_at_its_k(small_split) -> None:
+    config = TrainConfig.for_model("multvae", hidden=16, lr=1e-2, max_epochs=12, patience=4, seed=0)
+    selection = Selection.parse("recall@10")
+    result = train(small_split, config, selection=selection)
+    curve = [report.valid["recall@10"] for report in result.history]
+    assert result.best_epoch == int(np.argmax(curve)) + 1
+    assert result.best_valid["recall@10"] == max(curve)
+    assert result.epochs_run - result.best_epoch == 4 or result.epochs_run == 12  # patience counted on it too
+    by_ndcg = train(small_split, config)
+    assert [r.valid["ndcg"] for r in by_ndcg.history][: len(curve)] == [r.valid["ndcg"] for r in result.history]
+
+
+def test_study_metric_recall_keeps_every_trials_recall_best_epoch(ray_cluster, tmp_path: Path) -> None:
+    study = tmp_path / "recall.yaml"
+    study.write_text(TINY_STUDY.replace("seed: 0\n", "seed: 0\nmetric: recall\n"))
+    assert run_raycf("tune", str(study), "--storage", str(tmp_path), "--name", "run") == 0
+    run_dir = tmp_path / "run"
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    for _, trial in trials.iterrows():
+        (result_file,) = run_dir.glob(f"run_trial_{trial['trial_id']}_*/result.json")
+        rows = {row["epoch"]: row["valid_recall"] for row in parse_results(result_file.read_text())}
+        epochs = sorted(rows)
+        best = epochs[int(np.argmax([rows[epoch] for epoch in epochs]))]  # the first of equal values
+        assert trial["best_epoch"] == best, trial["trial_id"]
+        assert trial["valid_recall"] == rows[best]
+    leaderboard = pd.read_parquet(run_dir / LEADERBOARD_FILE)
+    for _, row in leaderboard.iterrows():
+        assert row["valid_recall"] == trials[trials["model"] == row["model"]]["valid_recall"].max()
+    best = json.loads((run_dir / BEST_FILE).read_text())
+    assert best["metric"] == "recall@5" and best["valid"]["recall"] == leaderboard["valid_recall"].max()
+
+
+@pytest.mark.parametrize(("metric", "message"), [
+    ("auc", "metric: unknown metric 'auc'"), ("recall@0", "metric: metric 'recall@0': k must be an integer >= 1"),
+])
+def test_bad_study_metric_is_one_line_before_ray(tmp_path: Path, metric: str, message: str) -> None:
+    study = tmp_path / "bad.yaml"
+    study.write_text(TINY_STUDY.replace("seed: 0\n", f"seed: 0\nmetric: {metric}\n"))
+    with pytest.raises(Exception, match=message):
+        load_study(study)
+    done = subprocess.run([sys.executable, "-m", "raycf", "tune", str(study), "--storage", str(tmp_path / "runs")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_metric_option_is_checked(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "raycf", "train", "--model", "autorec", "--metric", "ndcg@-1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "--metric" in done.stderr and "k must be an integer >= 1" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_robust_selection_picks_the_best_mean_over_seeds(ray_cluster, tmp_path: Path) -> None:
+    study = tmp_path / "select.yaml"
+    study.write_text(TINY_STUDY + "select: {top: 2, seeds: [0, 1]}\n")
+    assert run_raycf("tune", str(study), "--storage", str(tmp_path), "--name", "run") == 0
+    run_dir = tmp_path / "run"
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    rows = pd.read_parquet(run_dir / SELECT_FILE)
+    assert sorted(rows.groupby("model")["trial_id"].nunique().items()) == [("autorec", 2), ("multvae", 2)]
+    assert sorted(set(rows["seed"])) == [0, 1] and len(rows) == 8
+    for model, group in rows.groupby("model"):  # the candidates are the model's two best searched trials
+        searched = trials[trials["model"] == model].sort_values(["valid_ndcg", "trial_id"], ascending=[False, True])
+        assert set(group["trial_id"]) == set(searched["trial_id"].head(2))
+    means = rows.groupby("trial_id")["valid_ndcg"].mean()
+    leaderboard = pd.read_parquet(run_dir / LEADERBOARD_FILE)
+    for _, row in leaderboard.iterrows():
+        model_means = means[rows[rows["model"] == row["model"]]["trial_id"].unique()]
+        assert row["trial_id"] == model_means.idxmax() and row["select_mean"] == model_means.max()
+        assert row["select_seeds"] == "[0, 1]"
+    best = json.loads((run_dir / BEST_FILE).read_text())
+    assert best["select"]["mean"] == leaderboard["select_mean"].max() and best["select"]["seeds"] == [0, 1]
+    # a candidate's row is that configuration trained on that seed's split, as `raycf train` would
+    row = rows[(rows["model"] == "autorec") & (rows["seed"] == 1)].iloc[0]
+    split = split_interactions(generate_synthetic(n_users=300, n_items=100), seed=1)
+    result = train(split, TrainConfig.from_dict(json.loads(row["config"])))
+    assert result.best_valid["ndcg"] == row["valid_ndcg"]
+    assert run_raycf("report", str(run_dir)) == 0
+    report = (run_dir / "report.md").read_text()
+    assert "## Robust selection" in report and "noise" in report
+
+
+@pytest.mark.parametrize(("select", "message"), [
+    ("{top: 0, seeds: [0]}", "select.top: must be >= 1, got 0"),
+    ("{top: 2, seeds: [0, x]}", "select.seeds: must be an integer >= 0, got 'x'"),
+    ("{top: 2}", "select.seeds: missing; it is required"),
+    ("{top: 2, seeds: [0], best: 1}", "select.best: unknown key"),
+])
+def test_bad_select_is_refused_naming_the_key(tmp_path: Path, select: str, message: str) -> None:
+    study = tmp_path / "bad.yaml"
+    study.write_text(TINY_STUDY + f"select: {select}\n")
+    with pytest.raises(RaycfError, match=re.escape(message)):
+        load_study(study)
