@@ -178,6 +178,13 @@ class TuneOptions:
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+KEPT_CHECKPOINTS = 2
+"""Checkpoints kept per trial. Tune deletes a trial's older checkpoint when it registers a newer one, and
+uploads its experiment state (what --resume restores from) a moment later: with one kept, a driver killed
+in between leaves a state that names a deleted checkpoint, and the trial cannot be restored (seen on S3).
+The one before the newest survives that window."""
+
+
 def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
     """A Tuner for `study` whose trials share `split` through the object store."""
     from ray.tune.schedulers import FIFOScheduler
@@ -207,7 +214,7 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=options.name,
             storage_path=str(options.storage),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection)],
             verbose=options.verbose,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import ObjectStore, TwoNodeCluster
 
 from raycf.data.source import prepare_split
@@ -169,30 +170,49 @@ def test_resume_continues_a_study_from_s3(two_nodes: TwoNodeCluster, object_stor
                               cwd=ROOT, env=two_nodes.env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def checkpointed() -> int:
-        return sum(key.endswith("/model.pt") for key in object_store.keys("runs/resumed/"))
+    def results() -> dict[str, list[dict]]:
+        """Each trial's result.json rows as stored on S3, by trial id."""
+        rows = {}
+        for key in object_store.keys("runs/resumed/"):
+            if key.endswith("/result.json"):
+                lines = object_store.read(key).decode().splitlines()
+                trial = [json.loads(line) for line in lines if line.strip()]
+                rows[trial[0]["trial_id"]] = trial
+        return rows
 
-    wait_until(lambda: checkpointed() >= 2, 180, "two trial checkpoints on S3")
+    def held() -> dict[str, int]:
+        """The epoch of each trial's checkpoint in Tune's latest experiment state on S3 (what a resume
+        starts from)."""
+        from ray.tune.experiment import Trial
+
+        states = sorted(key for key in object_store.keys("runs/resumed/experiment_state-"))
+        if not states:
+            return {}
+        epochs = {}
+        for trial_json, run_metadata in json.loads(object_store.read(states[-1]))["trial_data"]:
+            trial = Trial.from_json_state(trial_json, stub=True)
+            trial.restore_run_metadata(run_metadata)
+            if trial.checkpoint is not None:
+                state = object_store.read(f"{trial.checkpoint.path.split('/', 1)[1]}/trainer.pt")
+                epochs[trial.trial_id] = torch.load(io.BytesIO(state), weights_only=True)["epoch"]
+        return epochs
+
+    wait_until(lambda: held(), 180, "a trial checkpoint in Tune's experiment state on S3")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    killed_at = time.time()
+    before, checkpoints = results(), held()
     assert not object_store.keys(f"runs/resumed/{TRIALS_FILE}"), "the study ended before the driver was killed"
     raycf("tune", "--resume", object_store.uri("runs/resumed"), "--address", two_nodes.gcs, env=two_nodes.env)
     trials = pd.read_parquet(io.BytesIO(object_store.read(f"runs/resumed/{TRIALS_FILE}")))
     assert len(trials) == 8 and trials["error"].isna().all(), trials["error"].dropna().tolist()
-    resumed = 0
-    for key in object_store.keys("runs/resumed/"):
-        if not key.endswith("/result.json"):
-            continue
-        rows = [json.loads(line) for line in object_store.read(key).decode().splitlines() if line.strip()]
-        before = [row for row in rows if row["timestamp"] < killed_at - 1]
-        after = [row for row in rows if row["timestamp"] > killed_at]
-        print("DEBUG", key, killed_at, [(r["epoch"], r["timestamp"], r.get("checkpoint_dir_name")) for r in rows])
-        saved = [row["epoch"] for row in before if row.get("checkpoint_dir_name")]
-        if saved and after:  # a trial checkpointed before the kill goes on after its checkpoint, not from 1
-            resumed += 1
-            assert after[0]["epoch"] > 1, key
-    assert resumed >= 1
+    after = results()
+    continued = 0
+    for trial_id, epoch in checkpoints.items():  # a trial held with a checkpoint goes on right after it
+        old_workers = {row["pid"] for row in before[trial_id]}  # rows of the killed run may reach S3 late
+        new = [row["epoch"] for row in after[trial_id] if row["pid"] not in old_workers]
+        assert not new or new[0] == epoch + 1, (trial_id, epoch, [row["epoch"] for row in after[trial_id]])
+        continued += bool(new)
+    assert continued >= 1, "no trial was continued"
 
 
 @pytest.mark.parametrize(
