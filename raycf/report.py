@@ -144,6 +144,14 @@ def machine() -> str:
             f"torch {torch.__version__}, ray {ray.__version__}")
 
 
+def searcher_text(searcher: dict[str, Any] | None) -> str:
+    """`optuna (n_startup_trials 5)`; runs from before the key: random."""
+    if not searcher:
+        return "random"
+    options = ", ".join(f"{key} {value}" for key, value in sorted(searcher.items()) if key != "type")
+    return searcher["type"] + (f" ({options})" if options else "")
+
+
 def run_section(run: Run) -> list[str]:
     """Study, data, seed, trials, epochs and wall time."""
     study, split, trials = run.study, run.manifest, run.trials
@@ -153,7 +161,9 @@ def run_section(run: Run) -> list[str]:
     saved = asha_saved_epochs(trials, study["max_t"])
     return ["## Run", "\n".join([
         f"- Study: `{study['name']}` (`{study['study_file']}`), scheduler {study['scheduler']}, "
-        f"max_t {study['max_t']}, selection by valid_{study['metric']} ({study['mode']})",
+        f"max_t {study['max_t']}, searcher {searcher_text(study.get('searcher'))}, metric {run.selection.label} "
+        f"({study['mode']})" + (f", robust selection: top {study['select']['top']} of each model on split seeds "
+                                f"{study['select']['seeds']}" if study.get("select") else ""),
         f"- Dataset: {split['source']}: {split['n_users']:,} users, {split['n_items']:,} items; "
         f"{counts['train']:,} train / {counts['valid']:,} validation / {counts['test']:,} test records; "
         f"dropped (item not in train): {dropped['valid']:,} validation, {dropped['test']:,} test",

@@ -76,15 +76,18 @@ class Location:
         """Where this output's content is: the version prefix its pointer names, else this location itself."""
         if not self.has(POINTER_FILE):
             return self
-        version = json.loads(self.read_bytes(POINTER_FILE)).get("version", "")
+        try:
+            version = str(json.loads(self.read_bytes(POINTER_FILE)).get("version", ""))
+        except (ValueError, AttributeError):
+            version = ""
         if not version.startswith(VERSION_PREFIX) or "/" in version or not self.has(version):
             raise RaycfError(f"{self.uri}/{POINTER_FILE}: names {version!r}, which is not an output version "
                              f"there; write the output again")
         return self.child(version)
 
     def check_access(self, option: str) -> None:
-        """On an object store, one listing request that turns a missing bucket, refused credentials or an
-        unreachable endpoint into a one-line RaycfError naming the URI (nothing on a local path)."""
+        """On an object store, a bucket lookup and a listing that turn a missing bucket, refused credentials
+        or an unreachable endpoint into a one-line RaycfError naming the URI (nothing on a local path)."""
         if not self.is_object_store:
             return
         bucket = self.path.split("/", 1)[0]
@@ -101,10 +104,6 @@ class Location:
     @property
     def parent_uri(self) -> str:
         return self.uri.rsplit("/", 1)[0]
-
-    def uri_of(self, path: str) -> str:
-        """The URI (or local path) of a `path` on this location's filesystem."""
-        return path if "://" not in self.uri else f"{self.uri.split('://', 1)[0]}://{path}"
 
     def is_used(self) -> bool:
         """True when the directory exists and holds anything."""
