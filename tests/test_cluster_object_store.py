@@ -164,7 +164,13 @@ def test_scoring_killed_mid_write_leaves_the_previous_output_whole(s3_train_run:
 def test_resume_continues_a_study_from_s3(two_nodes: TwoNodeCluster, object_store: ObjectStore,
                                           tmp_path: Path) -> None:
     study = tmp_path / "long.yaml"
-    study.write_text((ROOT / "studies" / "quickstart.yaml").read_text())
+    text = (ROOT / "studies" / "quickstart.yaml").read_text()
+    for old, new in (("{n_users: 600, n_items: 200}", "{n_users: 3000, n_items: 300}"), ("type: asha", "type: fifo"),
+                     ("max_t: 30", "max_t: 150"), ("  grace_period: 3\n  reduction_factor: 3\n", ""),
+                     ("patience: 10", "patience: 150")):
+        assert old in text, old
+        text = text.replace(old, new)
+    study.write_text(text)  # the quickstart's trials, each running 150 epochs: the kill finds them mid-run
     driver = subprocess.Popen([*RAYCF, "tune", str(study), "--storage", object_store.uri("runs"), "--name", "resumed",
                                "--address", two_nodes.gcs, "--max-concurrent", "2"],
                               cwd=ROOT, env=two_nodes.env, start_new_session=True,
@@ -181,9 +187,9 @@ def test_resume_continues_a_study_from_s3(two_nodes: TwoNodeCluster, object_stor
                     rows[trial[0]["trial_id"]] = trial
         return rows
 
-    def held() -> dict[str, int]:
+    def held() -> dict[str, int | None]:
         """The epoch of each trial's checkpoint in Tune's latest experiment state on S3 (what a resume
-        starts from)."""
+        starts from); None where that checkpoint is already gone (Tune's state lags behind its deletions)."""
         from ray.tune.experiment import Trial
 
         states = sorted(key for key in object_store.keys("runs/resumed/experiment_state-"))
@@ -194,21 +200,29 @@ def test_resume_continues_a_study_from_s3(two_nodes: TwoNodeCluster, object_stor
             trial = Trial.from_json_state(trial_json, stub=True)
             trial.restore_run_metadata(run_metadata)
             key = None if trial.checkpoint is None else f"{trial.checkpoint.path.split('/', 1)[1]}/trainer.pt"
-            if key is not None and object_store.keys(key):  # a state read mid-run may lag behind deletions
-                epochs[trial.trial_id] = torch.load(io.BytesIO(object_store.read(key)), weights_only=True)["epoch"]
+            if key is not None:
+                epochs[trial.trial_id] = (torch.load(io.BytesIO(object_store.read(key)), weights_only=True)["epoch"]
+                                          if object_store.keys(key) else None)
         return epochs
 
-    wait_until(lambda: held(), 180, "a trial checkpoint in Tune's experiment state on S3")
+    wait_until(lambda: any(epoch is not None for epoch in held().values()), 180,
+               "a trial checkpoint in Tune's experiment state on S3")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     before, checkpoints = results(), held()
     assert not object_store.keys(f"runs/resumed/{TRIALS_FILE}"), "the study ended before the driver was killed"
     raycf("tune", "--resume", object_store.uri("runs/resumed"), "--address", two_nodes.gcs, env=two_nodes.env)
     trials = pd.read_parquet(io.BytesIO(object_store.read(f"runs/resumed/{TRIALS_FILE}")))
-    assert len(trials) == 8 and trials["error"].isna().all(), trials["error"].dropna().tolist()
+    # A trial whose saved checkpoint Tune had already replaced cannot be restored (a window of Tune's, kept
+    # small by two checkpoints per trial; README, Faults): only such a trial may have failed.
+    lost = {trial_id for trial_id, epoch in checkpoints.items() if epoch is None}
+    failed = set(trials.loc[trials["error"].notna(), "trial_id"])
+    assert len(trials) == 8 and failed <= lost, trials["error"].dropna().tolist()
     after = results()
     continued = 0
     for trial_id, epoch in checkpoints.items():  # a trial held with a checkpoint goes on right after it
+        if epoch is None:
+            continue
         old_workers = {row["pid"] for row in before.get(trial_id, [])}  # rows of the killed run may reach S3 late
         new = [row["epoch"] for row in after[trial_id] if row["pid"] not in old_workers]
         assert not new or new[0] == epoch + 1, (trial_id, epoch, [row["epoch"] for row in after[trial_id]])
