@@ -57,6 +57,11 @@ class Selection:
         return self.name if self.k == REPORT_K else self.label
 
     @property
+    def reported(self) -> tuple[str, ...]:
+        """The validation fields a run reports: P/R/NDCG/MRR at REPORT_K, and this metric when at another k."""
+        return tuple(dict.fromkeys((*METRICS, self.field)))
+
+    @property
     def key(self) -> str:
         """The reported (Tune) key and trials.parquet column: `valid_ndcg`, `valid_recall@20`."""
         return f"valid_{self.field}"

@@ -30,7 +30,7 @@ def repeat_run(split: Split, config: dict[str, Any], threads: int, selection: Se
     torch.set_num_threads(threads)
     result = train(split, TrainConfig.from_dict(config, where="repeat"), selection=selection)
     test = summarize(evaluate_model(result.model, split, "test", mask="train"))
-    valid = {f"valid_{name}": result.best_valid[name] for name in dict.fromkeys((*METRICS, selection.field))}
+    valid = {f"valid_{name}": result.best_valid[name] for name in selection.reported}
     return {"model": config["model"], "seed": config["seed"], "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run, **valid, **{name: test[name] for name in METRICS},
             "config": json.dumps(config, sort_keys=True)}

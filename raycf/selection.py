@@ -25,9 +25,7 @@ SELECT_FILE = "select.parquet"
 
 def candidates(trials: pd.DataFrame, selection: Selection, top: int) -> pd.DataFrame:
     """The `top` best trials with a checkpoint of each model, by the validation metric of their search."""
-    usable = trials[trials["checkpoint"].notna()]
-    ranked = usable.sort_values([selection.key, "trial_id"], ascending=[selection.mode == "min", True])
-    return ranked.groupby("model", sort=False).head(top).reset_index(drop=True)
+    return rank(trials, selection, None).groupby("model", sort=False).head(top).reset_index(drop=True)
 
 
 def run_selection(location: Location, facts: dict[str, Any], trials: pd.DataFrame,

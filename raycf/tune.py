@@ -128,8 +128,8 @@ def run_trial(
             "best_epoch": trainer.best_epoch,
             "rss_mb": round(rss_mb(), 1),
             "node_id": node_id,
-            **{f"valid_{name}": valid[name] for name in (*METRICS, selection.field)},
-            **{f"best_valid_{name}": trainer.best_valid[name] for name in (*METRICS, selection.field)},
+            **{f"valid_{name}": valid[name] for name in selection.reported},
+            **{f"best_valid_{name}": trainer.best_valid[name] for name in selection.reported},
             "best_valid_se": trainer.best_valid.get(f"{selection.field}_se", float("nan")),
         }
         regular = checkpoint_every is not None and report.epoch % checkpoint_every == 0
@@ -352,7 +352,7 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
             "epochs_run": epochs_run(result),
             "best_epoch": int(metrics.get("best_epoch", 0)),
             **{f"valid_{name}": float(metrics.get(f"best_valid_{name}", float("nan")))
-               for name in dict.fromkeys((*METRICS, selection_of(facts).field))},
+               for name in selection_of(facts).reported},
             "valid_se": float(metrics.get("best_valid_se", float("nan"))),
             "checkpoint": relative_to(location, f"{result.checkpoint.path}/{MODEL_FILE}") if result.checkpoint else None,
             "error": str(result.error).splitlines()[0][:300] if result.error else None,
