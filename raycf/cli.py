@@ -115,7 +115,7 @@ def refuse_job_options(submit_to: str | None, runtime_env: str | None, no_wait: 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="raycf")
 def cli() -> None:
-    """raycf: Mult-VAE and AutoRec studies and batch scoring on Ray."""
+    """raycf: Mult-VAE and AutoRec studies, beside popularity, EASE, ItemKNN and iALS baselines, and batch scoring on Ray."""
 
 
 @cli.command("train")
@@ -128,7 +128,8 @@ def cli() -> None:
 @click.option("--dropout", type=float, default=None, help="Input dropout (Mult-VAE 0.5, AutoRec 0).")
 @click.option("--beta", type=float, default=None, help="Mult-VAE KL weight, or its cap when annealing (0.2).")
 @click.option("--anneal-steps", type=int, default=None, help="Linear beta anneal length in updates (0: constant).")
-@click.option("--l2", "l2", type=float, default=None, help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0).")
+@click.option("--l2", "l2", type=float, default=None,
+              help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0, EASE 500, iALS 0.1).")
 @click.option("--weight-decay", type=float, default=None, help="Adam's weight decay, on every parameter (0).")
 @click.option("--hidden-activation", type=click.Choice(ACTIVATIONS), default=None,
               help="AutoRec's hidden activation (sigmoid).")
@@ -140,6 +141,11 @@ def cli() -> None:
 @click.option("--max-epochs", type=int, default=None, help="Epoch limit (1000).")
 @click.option("--patience", type=int, default=None, help="Early stopping patience in epochs (50).")
 @click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")
+@click.option("--neighbors", type=int, default=None, help="ItemKNN: most similar items kept per item (100).")
+@click.option("--shrink", type=float, default=None, help="ItemKNN: cosine similarity shrinkage (10).")
+@click.option("--factors", type=int, default=None, help="iALS: latent factors (64).")
+@click.option("--alpha", type=float, default=None, help="iALS: confidence of an observed item (1).")
+@click.option("--iterations", type=int, default=None, help="iALS: ALS iterations, one per epoch (15).")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items masked when ranking for the test metrics.")
 @click.option("--metric", "selection", default="ndcg@5", show_default=True, callback=parse_selection,
@@ -186,9 +192,11 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
                  address: str | None, dashboard_host: str, submit_to: str | None, runtime_env: str | None,
                  no_wait: bool, **overrides: Any) -> None:
-    """Run a study (STUDY_FILE, YAML) of Mult-VAE and AutoRec trials on Ray Tune with ASHA."""
+    """Run a study (STUDY_FILE, YAML) of Mult-VAE, AutoRec and baseline trials on Ray Tune with ASHA."""
     from raycf import tune as tuning
     from raycf.cluster import check_local_gpus, connect
+    from raycf.data.source import prepare_split
+    from raycf.memory import check_study_memory
     from raycf.repeats import format_repeats
     from raycf.study import apply_overrides, load_study
 
@@ -214,13 +222,17 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
         check_local_gpus(study.gpus_per_trial, address, what="trial", way_out="--gpus-per-trial 0",
                          asked=f"--gpus-per-trial {study.gpus_per_trial:g}" if from_option
                          else f"{study_file}: resources.gpus_per_trial: {study.gpus_per_trial:g}")
+    split = None
+    if study is not None:  # the data's errors, and a model too big for this machine, before Ray starts
+        split = prepare_split(study.data, study.fractions, study.seed)
+        check_study_memory(study, split.n_users, split.n_items)
     for line in connect(address, dashboard_host).describe():
         click.echo(line)
     if study is None:
         result = tuning.resume_study(resume_dir)
     else:
         run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name))
+        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name), split)
     click.echo(tuning.format_leaderboard(result.leaderboard))
     if result.repeats is not None:
         click.echo(format_repeats(result.repeats))

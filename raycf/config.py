@@ -8,7 +8,10 @@ from typing import Any
 
 from raycf.errors import RaycfError
 
-MODEL_NAMES = ("multvae", "autorec")
+MODEL_NAMES = ("multvae", "autorec", "pop", "ease", "itemknn", "ials")
+NEURAL_MODELS = ("multvae", "autorec")
+"""Trained by minibatch gradient descent; the others are fitted in closed form (pop, ease, itemknn) or by
+alternating least squares (ials)."""
 NORMALIZATIONS = ("l2", "none")
 ACTIVATIONS = ("identity", "sigmoid", "relu", "elu", "selu")
 """AutoRec's hidden and output activations (all monotone, so scores rank as the activated output)."""
@@ -17,7 +20,25 @@ ACTIVATIONS = ("identity", "sigmoid", "relu", "elu", "selu")
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "multvae": {"dropout": 0.5, "normalize": "l2", "beta": 0.2, "l2": 0.0},
     "autorec": {"dropout": 0.0, "normalize": "none", "beta": 0.0, "l2": 1e-3},
+    "pop": {},
+    "ease": {"l2": 500.0},
+    "itemknn": {},
+    "ials": {"l2": 0.1},
 }
+
+_GRADIENT_FIELDS = ("lr", "batch_size", "weight_decay", "dropout", "normalize")
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "multvae": ("hidden", "layers", "beta", "anneal_steps", "l2", *_GRADIENT_FIELDS),
+    "autorec": ("hidden", "hidden_activation", "output_activation", "l2", *_GRADIENT_FIELDS),
+    "pop": (),
+    "ease": ("l2",),
+    "itemknn": ("neighbors", "shrink"),
+    "ials": ("factors", "l2", "alpha", "iterations"),
+}
+"""The hyperparameters each model takes; every other model field keeps the model's default (and is refused
+when set)."""
+RUN_FIELDS = ("model", "max_epochs", "patience", "eval_every", "seed")
+"""Fields of every run, whatever the model."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,16 @@ class TrainConfig:
     patience: int = 50
     eval_every: int = 1
     seed: int = 0
+    neighbors: int = 100
+    """ItemKNN only: the most similar items kept per item."""
+    shrink: float = 10.0
+    """ItemKNN only: cosine similarity shrinkage, sim = x_i.x_j / (|x_i| |x_j| + shrink)."""
+    factors: int = 64
+    """iALS only: latent factors."""
+    alpha: float = 1.0
+    """iALS only: confidence of an observed item (implicit's alpha: c = alpha * x)."""
+    iterations: int = 15
+    """iALS only: alternating least squares iterations (each one an epoch: validated, reported to ASHA)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):  # TrainConfig(layers=[600]): keep the config hashable
@@ -92,30 +123,43 @@ class TrainConfig:
             (self.model in MODEL_NAMES, "model", f"one of {', '.join(MODEL_NAMES)}"),
             (self.hidden >= 1, "hidden", ">= 1"),
             (_layers_ok(self.layers), "layers", "a list of ints >= 1, e.g. [600] or []"),
-            (self.model != "autorec" or not self.layers, "layers",
-             "[] for autorec (Mult-VAE only; AutoRec's one hidden layer is `hidden`)"),
             (0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)"),
             (self.beta >= 0.0, "beta", ">= 0"),
             (self.anneal_steps >= 0, "anneal_steps", ">= 0"),
+            (self.model not in ("ease", "ials") or self.l2 > 0.0, "l2", f"> 0 for {self.model}"),
             (self.l2 >= 0.0, "l2", ">= 0"),
             (self.weight_decay >= 0.0, "weight_decay", ">= 0"),
             (self.hidden_activation in ACTIVATIONS, "hidden_activation", f"one of {', '.join(ACTIVATIONS)}"),
             (self.output_activation in ACTIVATIONS, "output_activation", f"one of {', '.join(ACTIVATIONS)}"),
-            (self.model != "multvae" or self.hidden_activation == "sigmoid", "hidden_activation",
-             "sigmoid (the default) for multvae (AutoRec only; Mult-VAE's layers use tanh)"),
-            (self.model != "multvae" or self.output_activation == "sigmoid", "output_activation",
-             "sigmoid (the default) for multvae (AutoRec only; Mult-VAE's output is a softmax)"),
             (self.normalize in NORMALIZATIONS, "normalize", f"one of {', '.join(NORMALIZATIONS)}"),
             (self.lr > 0.0, "lr", "> 0"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
             (self.max_epochs >= 1, "max_epochs", ">= 1"),
             (self.patience >= 1, "patience", ">= 1"),
             (self.eval_every >= 1, "eval_every", ">= 1"),
+            (self.neighbors >= 1, "neighbors", ">= 1"),
+            (self.shrink >= 0.0, "shrink", ">= 0"),
+            (self.factors >= 1, "factors", ">= 1"),
+            (self.alpha > 0.0, "alpha", "> 0"),
+            (self.iterations >= 1, "iterations", ">= 1"),
         ]
+        if self.model in MODEL_FIELDS:
+            self._check_unused_fields(where)
         for ok, name, rule in checks:
             if not ok:
                 value = getattr(self, name)
                 raise RaycfError(f"{where}: {name} must be {rule}, got {list(value) if isinstance(value, tuple) else value!r}")
+
+    def _check_unused_fields(self, where: str) -> None:
+        """A field that is not a hyperparameter of the model must keep its default (the field's or the model's)."""
+        taken = {*MODEL_FIELDS[self.model], *RUN_FIELDS}
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if name not in taken and value != default and value != MODEL_DEFAULTS[self.model].get(name, default):
+                takes = ", ".join(MODEL_FIELDS[self.model]) or "no hyperparameters"
+                raise RaycfError(f"{where}: {name} is not a hyperparameter of {self.model} ({self.model} takes "
+                                 f"{takes}); remove it")
 
     def to_dict(self, flat: bool = False) -> dict[str, Any]:
         """Plain values (`layers` a list of ints), which `from_dict` reads back.

@@ -16,7 +16,7 @@ PARTS = ("valid", "test")
 
 def model_scorer(model: Recommender, split: Split) -> Callable[[np.ndarray], torch.Tensor]:
     """score_fn(user indices) -> scores, the model's input being each user's train row."""
-    device = next(model.parameters()).device
+    device = model.device
 
     def score(users: np.ndarray) -> torch.Tensor:
         with torch.no_grad():

@@ -21,7 +21,7 @@ SCHEDULER_STOPS = frozenset({"asha", "max_t"})
 
 
 def trial_ending(config: dict[str, Any], last_result: dict[str, Any]) -> str:
-    """Why a trial that Tune completed without an error ended: `patience`, `max_t` or `asha`, as its
+    """Why a trial that Tune completed without an error ended: `patience`, `complete`, `max_t` or `asha`, as its
     `stopped_by` in trials.parquet says (the same rule, `raycf.tune.stop_reason`, on its last result).
 
     A trial's `max_epochs` is the study's `scheduler.max_t`.
@@ -31,7 +31,7 @@ def trial_ending(config: dict[str, Any], last_result: dict[str, Any]) -> str:
     trial = config["trial"]
     row = {"error": None, "epochs_run": int(last_result.get("epoch", 0)),
            "best_epoch": int(last_result.get("best_epoch", 0))}
-    return stop_reason(row, trial.get("patience", 0), trial["max_epochs"])
+    return stop_reason(row, trial, trial["max_epochs"])
 
 
 class StudyMetrics(tune.Callback):
@@ -41,7 +41,7 @@ class StudyMetrics(tune.Callback):
         self.tags = {"study": study}
         self.selection = selection
         self.running = Gauge("raycf_trials_running", "Trials of the study running now.", STUDY_TAGS)
-        self.finished = Counter("raycf_trials_finished", "Trials that ended by themselves (patience).", MODEL_TAGS)
+        self.finished = Counter("raycf_trials_finished", "Trials that ended by themselves (patience, or a complete fit).", MODEL_TAGS)
         self.stopped = Counter("raycf_trials_stopped_early",
                                "Trials stopped by the scheduler (ASHA, or its epoch limit max_t).", MODEL_TAGS)
         self.errored = Counter("raycf_trials_errored", "Trial failures (each retry counts).", MODEL_TAGS)
@@ -81,7 +81,7 @@ class StudyMetrics(tune.Callback):
         self._count_running(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Count the ended trial as trials.parquet will: stopped early (ASHA, max_t) or finished (patience)."""
+        """Count the ended trial as trials.parquet will: stopped early (ASHA, max_t) or finished (patience, complete)."""
         ending = trial_ending(trial.config, trial.last_result or {})
         counter = self.stopped if ending in SCHEDULER_STOPS else self.finished
         counter.inc(tags=self._model_tags(trial))

@@ -24,6 +24,7 @@ import matplotlib
 import pandas as pd
 import pyarrow.fs as pafs
 
+from raycf.config import MODEL_FIELDS, MODEL_NAMES, NEURAL_MODELS
 from raycf.errors import RaycfError
 from raycf.metrics import METRICS, REPORT_K, Selection
 from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
@@ -50,14 +51,19 @@ REFERENCE = {
 }
 """The write-up's test metrics on ML-1M (k = 5, train-only masking)."""
 
-MODEL_LABELS = {"multvae": "Mult-VAE", "autorec": "AutoRec"}
-MODEL_COLOURS = {"multvae": "tab:blue", "autorec": "tab:orange"}
-STOP_MARKERS = {"asha": "v", "patience": "o", "max_t": "s", "error": "X"}
+MODEL_LABELS = {"multvae": "Mult-VAE", "autorec": "AutoRec", "pop": "Popularity", "ease": "EASE", "itemknn": "ItemKNN",
+                "ials": "iALS"}
+MODEL_COLOURS = {"multvae": "tab:blue", "autorec": "tab:orange", "pop": "tab:gray", "ease": "tab:green",
+                 "itemknn": "tab:purple", "ials": "tab:brown"}
+STOP_MARKERS = {"asha": "v", "patience": "o", "max_t": "s", "complete": "D", "error": "X"}
 KEY_HYPERPARAMETERS = {
     "multvae": ("hidden", "dropout", "beta", "anneal_steps", "lr"),
     "autorec": ("hidden", "l2", "normalize", "lr"),
+    **{model: MODEL_FIELDS[model] for model in MODEL_NAMES if model not in NEURAL_MODELS},
 }
-HP_LABELS = {"hp_l2": "lambda (l2)", "hp_beta": "beta", "hp_dropout": "dropout"}
+HP_LABELS = {"hp_l2": "lambda (l2)", "hp_beta": "beta", "hp_dropout": "dropout", "hp_neighbors": "neighbors",
+             "hp_shrink": "shrink", "hp_factors": "factors", "hp_alpha": "alpha", "hp_iterations": "iterations"}
+PANELS_PER_ROW = 4
 METRIC_LABELS = {"precision": "P", "recall": "R", "ndcg": "NDCG", "mrr": "MRR"}
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")
 DPI = 120
@@ -126,7 +132,7 @@ def searched(trials: pd.DataFrame) -> dict[str, list[str]]:
 
 def asha_saved_epochs(trials: pd.DataFrame, max_t: int) -> int:
     """Estimated epochs ASHA saved: each stopped trial would have run as long as its model's finished ones."""
-    finished = trials[trials["stopped_by"].isin(["patience", "max_t"])]
+    finished = trials[trials["stopped_by"].isin(["patience", "max_t", "complete"])]
     typical = finished.groupby("model")["epochs_run"].mean()
     stopped = trials[trials["stopped_by"] == "asha"]
     if stopped.empty:
@@ -283,9 +289,13 @@ def save(figure: plt.Figure, path: Path) -> None:
 
 
 def hyperparameter_panels(trials: pd.DataFrame, key: str) -> list[tuple[str, str, pd.DataFrame]]:
-    """(model, hp column, its trials) for each panel whose model ran."""
+    """(model, hp column, its trials) for each panel whose model ran: AutoRec's lambda, Mult-VAE's beta and
+    dropout, and every baseline hyperparameter that its trials vary."""
     scored = trials[trials[key].notna()]
     panels = [("autorec", "hp_l2"), ("multvae", "hp_beta"), ("multvae", "hp_dropout")]
+    panels += [(model, f"hp_{name}") for model in MODEL_NAMES if model not in NEURAL_MODELS
+               for name in MODEL_FIELDS[model]
+               if f"hp_{name}" in scored and scored.loc[scored["model"] == model, f"hp_{name}"].nunique() > 1]
     return [(model, column, scored[scored["model"] == model]) for model, column in panels
             if (scored["model"] == model).any()]
 
@@ -300,10 +310,15 @@ def log_scale(ax: plt.Axes, values: pd.Series) -> None:
 
 
 def plot_hyperparameters(trials: pd.DataFrame, path: Path, selection: Selection) -> None:
-    """Best validation metric per trial against AutoRec's lambda and Mult-VAE's beta and dropout."""
+    """Best validation metric per trial against AutoRec's lambda, Mult-VAE's beta and dropout, and the searched
+    baseline hyperparameters."""
     panels = hyperparameter_panels(trials, selection.key)
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.5), squeeze=False)
-    for ax, (model, column, group) in zip(axes[0], panels):
+    columns = min(PANELS_PER_ROW, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (model, column, group) in zip(axes.flat, panels):
         if model == "multvae":
             for annealed, marker, label in ((False, "o", "constant beta"), (True, "^", "beta annealed")):
                 part = group[(group["hp_anneal_steps"] > 0) == annealed]
@@ -364,9 +379,10 @@ def test_section(summary: dict[str, Any] | None, run_dir: str, scores: str | Non
     rows = [
         [f"this run ({summary['dataset']}, trial {summary['trial_id']}, epoch {summary['checkpoint_epoch']})",
          MODEL_LABELS[model], str(k), summary["mask"], *(number(summary[name]) for name in METRICS)],
-        ["write-up (ML-1M)", MODEL_LABELS[model], str(REFERENCE_K), "train",
-         *(number(REFERENCE[model][name]) for name in METRICS)],
     ]
+    if model in REFERENCE:  # the write-up has Mult-VAE and AutoRec only
+        rows.append(["write-up (ML-1M)", MODEL_LABELS[model], str(REFERENCE_K), "train",
+                     *(number(REFERENCE[model][name]) for name in METRICS)])
     return ["## Test metrics", table(header, rows), "\n".join([
         f"- {masking_text(summary['mask'])}",
         f"- Users evaluated: {summary['users_evaluated']:,} of {summary['users_scored']:,} scored "

@@ -38,7 +38,7 @@ Every key except `name`, `data` and `models` is optional, with the default shown
     select:                     # robust selection (absent: each model's best trial wins, as searched)
       top: 3                    # int >= 1: the best configurations of each model trained again...
       seeds: [0, 1, 2]          # ...on each of these split seeds; the best MEAN validation metric wins
-    models:                     # at least one of multvae, autorec
+    models:                     # at least one of multvae, autorec, pop, ease, itemknn, ials
       multvae:
         fixed: {hidden: 200}    # TrainConfig fields except model, max_epochs (scheduler.max_t), seed (the study's)
         search:                 # TrainConfig fields (as for fixed, and not also fixed), each exactly one of:
@@ -52,12 +52,19 @@ Every key except `name`, `data` and `models` is optional, with the default shown
       autorec:
         fixed: {hidden_activation: sigmoid, output_activation: identity, dropout: 0.0}
         search: {l2: {loguniform: [1.0e-4, 1.0e-1]}}
+      pop: {}                   # popularity: no hyperparameters
+      ease: {search: {l2: {loguniform: [50.0, 5000.0]}}}
+      itemknn: {search: {neighbors: {choice: [50, 100, 200]}, shrink: {uniform: [0.0, 100.0]}}}
+      ials: {fixed: {iterations: 15}, search: {factors: {choice: [64, 128]}, l2: {loguniform: [0.01, 10.0]},
+                                               alpha: {loguniform: [0.5, 50.0]}}}
 
-The fields (raycf.config.TrainConfig): both models take hidden (AutoRec's hidden units, Mult-VAE's latent
-size), dropout (on the input), l2, weight_decay (Adam's), normalize, lr, batch_size, patience,
-eval_every; Mult-VAE also layers, beta, anneal_steps; AutoRec also hidden_activation and
-output_activation (identity, sigmoid, relu, elu, selu). layers for AutoRec, or an activation other than
-sigmoid for Mult-VAE, is refused (it would change nothing).
+The fields (raycf.config.TrainConfig, MODEL_FIELDS): Mult-VAE and AutoRec take hidden (AutoRec's hidden
+units, Mult-VAE's latent size), dropout (on the input), l2, weight_decay (Adam's), normalize, lr, batch_size;
+Mult-VAE also layers, beta, anneal_steps; AutoRec also hidden_activation and output_activation (identity,
+sigmoid, relu, elu, selu). The baselines: pop none; ease l2 (lambda, > 0); itemknn neighbors (>= 1) and shrink
+(>= 0); ials factors (>= 1), l2 (> 0), alpha (> 0) and iterations (>= 1, each an epoch). Every model also
+takes patience and eval_every. A field that is not the model's is refused (it would change nothing).
+Closed-form baselines (pop, ease, itemknn) report once, at epoch 1.
 
 Note that YAML reads `1e-3` as a string: write `1.0e-3`. `load_study` raises every error, as a
 one-line RaycfError naming the file and the key path, before anything runs; this module never imports Ray
@@ -133,9 +140,13 @@ class ModelSearch:
     fixed: dict[str, Any]
     search: dict[str, Dimension]
 
+    def base_config(self, max_epochs: int, seed: int) -> TrainConfig:
+        """The model's reference settings with the fixed fields (searched fields at their defaults)."""
+        return TrainConfig.for_model(self.model, **self.fixed, max_epochs=max_epochs, seed=seed)
+
     def param_space(self, max_epochs: int, seed: int) -> dict[str, Any]:
         """A complete TrainConfig dict whose searched fields are Tune domains."""
-        base = TrainConfig.for_model(self.model, **self.fixed, max_epochs=max_epochs, seed=seed).to_dict(flat=True)
+        base = self.base_config(max_epochs, seed).to_dict(flat=True)
         return {**base, **{name: dim.to_tune() for name, dim in self.search.items()}}
 
 

@@ -19,8 +19,15 @@ from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
 from raycf.errors import RaycfError
 from raycf.evaluate import evaluate_model, summarize
+from raycf.memory import check_fit_memory
 from raycf.metrics import MASK_PROTOCOLS, METRICS, REPORT_K, Selection, standard_error
-from raycf.models import Recommender, SparseBatch, build_model
+from raycf.models import (
+    FittedRecommender,
+    Recommender,
+    SparseBatch,
+    build_model,
+    planned_epochs,
+)
 from raycf.models.checkpoint import save_checkpoint
 from raycf.storage import Location, PendingOutput
 
@@ -72,8 +79,10 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = build_model(config, split.n_items).to(self.device)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                          fused=True)
+        self.optimizer = None if isinstance(self.model, FittedRecommender) else torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+        self.planned_epochs = planned_epochs(config)
         self.epoch = 0
         self.step = 0
         self.best_epoch = 0
@@ -87,12 +96,17 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        """Max epochs reached, or no improvement for `patience` epochs."""
-        return self.epoch >= self.config.max_epochs or self.epoch - self.best_epoch >= self.config.patience
+        """Max epochs (a fitted model's iterations) reached, or no improvement for `patience` epochs."""
+        return self.epoch >= self.planned_epochs or self.epoch - self.best_epoch >= self.config.patience
 
     def train_epoch(self) -> float:
-        """One pass over all users in shuffled batches; returns the mean batch loss."""
+        """One pass over all users in shuffled batches, or a fitted model's next iteration; returns the mean batch
+        loss (NaN for a fitted model)."""
         self.model.train()
+        if isinstance(self.model, FittedRecommender):
+            self.model.fit_iteration(self.split.train, self.epoch)
+            self.epoch += 1
+            return float("nan")
         order = torch.randperm(self.split.n_users, generator=self.generator).numpy()
         losses = []
         for start in range(0, len(order), self.config.batch_size):
@@ -123,7 +137,7 @@ class Trainer:
         loss = self.train_epoch()
         trained = time.perf_counter()
         valid, improved = None, False
-        if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.max_epochs:
+        if self.epoch % self.config.eval_every == 0 or self.epoch == self.planned_epochs:
             valid = self.validate()
             field = self.selection.field
             improved = self.selection.improves(valid[field], self.best_valid.get(field))
@@ -155,7 +169,7 @@ class Trainer:
         """
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "step": self.step,
@@ -166,7 +180,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the model's device
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the model's device
         self.generator.set_state(state["generator"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_epoch, self.best_valid = state["best_epoch"], dict(state["best_valid"])
@@ -176,7 +191,8 @@ class Trainer:
 
 def format_epoch(config: TrainConfig, report: EpochReport, selection: Selection = Selection()) -> str:
     """The progress line printed after each epoch."""
-    line = f"[{config.model}] epoch {report.epoch:4d}  loss {report.loss:10.4f}  {report.train_seconds:6.2f}s"
+    loss = "fitted" if np.isnan(report.loss) else f"loss {report.loss:10.4f}"
+    line = f"[{config.model}] epoch {report.epoch:4d}  {loss:>15s}  {report.train_seconds:6.2f}s"
     if report.valid is not None:
         line += f"  valid {selection.label} {report.valid[selection.field]:.4f}{' *' if report.improved else '  '}"
     return line + f"  best {report.best_value:.4f} @ {report.best_epoch}"
@@ -236,6 +252,7 @@ def run_training(
     if device == "cuda" and not torch.cuda.is_available():
         raise RaycfError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
     split = prepare_split(data, fractions, config.seed)
+    check_fit_memory(config, split.n_users, split.n_items, f"--model {config.model}")
     on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report, selection)))
     result = train(split, config, on_epoch=on_epoch, device=device, selection=selection)
     test = summarize(evaluate_model(result.model, split, "test", mask=mask, k=K))

@@ -24,7 +24,9 @@ from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, load_split, save_split
 from raycf.errors import RaycfError
+from raycf.memory import check_study_memory
 from raycf.metrics import METRICS, Selection
+from raycf.models import planned_epochs
 from raycf.models.checkpoint import save_checkpoint
 from raycf.monitoring import StudyMetrics
 from raycf.ray_private import quiet_checkpoint_logs, trial_filesystem
@@ -273,15 +275,18 @@ def finish(location: Location, facts: dict[str, Any], results: tune.ResultGrid, 
     return StudyResult(location.uri, leaderboard, repeats)
 
 
-def run_study(study: Study, options: TuneOptions) -> StudyResult:
-    """Split once, run every trial, write the leaderboard (and the seed repeats)."""
+def run_study(study: Study, options: TuneOptions, split: Split | None = None) -> StudyResult:
+    """Split once (unless given the study's `split`), run every trial, write the leaderboard (and the seed
+    repeats)."""
     storage = Location.of(options.storage, "")
     storage.check_access("--storage")
     check_shared_storage(storage)
     location = Location.of(options.storage, options.name)
     if location.is_used():
         raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
-    split = prepare_split(study.data, study.fractions, study.seed)
+    if split is None:
+        split = prepare_split(study.data, study.fractions, study.seed)
+        check_study_memory(study, split.n_users, split.n_items)
     facts = study_facts(study)
     with tempfile.TemporaryDirectory() as staging:
         save_split(split, Path(staging) / SPLIT_DIR)
@@ -310,12 +315,16 @@ def resume_study(run_dir: str) -> StudyResult:
     return finish(location, facts, results, time.perf_counter() - started)
 
 
-def stop_reason(row: dict[str, Any], patience: int, max_t: int) -> str:
-    """Why a trial ended: its own early stopping, the epoch limit, ASHA, or an error."""
+def stop_reason(row: dict[str, Any], config: dict[str, Any], max_t: int) -> str:
+    """Why a trial ended: its own early stopping, a complete fit (a fitted model's iterations), the epoch
+    limit, ASHA, or an error."""
     if row["error"]:
         return "error"
-    if row["epochs_run"] - row["best_epoch"] >= patience:
+    if row["epochs_run"] - row["best_epoch"] >= config.get("patience", 0):
         return "patience"
+    fit = planned_epochs(TrainConfig.from_dict(config)) if "model" in config else max_t
+    if fit < max_t and row["epochs_run"] >= fit:  # a fitted model ran all its iterations
+        return "complete"
     if row["epochs_run"] >= max_t:
         return "max_t"
     return "asha"
@@ -361,7 +370,7 @@ def trial_table(location: Location, facts: dict[str, Any], results: tune.ResultG
             "config": json.dumps(config, sort_keys=True),
             **{f"hp_{key}": value for key, value in config.items() if key != "model"},
         }
-        row["stopped_by"] = stop_reason(row, config.get("patience", 0), facts["max_t"])
+        row["stopped_by"] = stop_reason(row, config, facts["max_t"])
         rows.append(row)
     return pd.DataFrame(rows)
 

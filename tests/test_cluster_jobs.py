@@ -91,7 +91,7 @@ def test_submitted_study_runs_as_a_job_on_both_nodes(two_nodes: TwoNodeCluster, 
     assert f"{two_nodes.dashboard}/#/jobs/raysubmit_" in submitted_study.output
     assert "SUCCEEDED" in submitted_study.output
     trials = pd.read_parquet(submitted_study.run_dir / TRIALS_FILE)
-    assert len(trials) == 8 and trials["error"].isna().all()
+    assert len(trials) == 10 and trials["error"].isna().all()
     assert trials["node_id"].nunique() == 2
 
 

@@ -88,7 +88,7 @@ def s3_study(two_nodes: TwoNodeCluster, object_store: ObjectStore) -> str:
 def test_study_on_s3_runs_on_both_nodes_and_is_scored_and_reported_from_s3(s3_study: str, two_nodes: TwoNodeCluster,
                                                                            object_store: ObjectStore) -> None:
     trials = pd.read_parquet(io.BytesIO(object_store.read(f"runs/cluster/{TRIALS_FILE}")))
-    assert len(trials) == 8 and trials["error"].isna().all() and trials["node_id"].nunique() == 2
+    assert len(trials) == 10 and trials["error"].isna().all() and trials["node_id"].nunique() == 2
     assert trials["checkpoint"].str.startswith("run_trial_").all()  # relative: the run can move
     pointer = json.loads(object_store.read(f"runs/cluster/scores/{POINTER_FILE}"))
     assert versions(object_store, "runs/cluster/scores/") == {pointer["version"]}
@@ -218,7 +218,7 @@ def test_resume_continues_a_study_from_s3(two_nodes: TwoNodeCluster, object_stor
     # small by two checkpoints per trial; README, Faults): only such a trial may have failed.
     lost = {trial_id for trial_id, epoch in checkpoints.items() if epoch is None}
     failed = set(trials.loc[trials["error"].notna(), "trial_id"])
-    assert len(trials) == 8 and failed <= lost, trials["error"].dropna().tolist()
+    assert len(trials) == 10 and failed <= lost, trials["error"].dropna().tolist()
     after = results()
     continued = 0
     for trial_id, epoch in checkpoints.items():  # a trial held with a checkpoint goes on right after it

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.sparse import csr_matrix
 
-from raycf.config import TrainConfig
+from raycf.config import NEURAL_MODELS, TrainConfig
 from raycf.errors import CheckpointError, RaycfError
-from raycf.models import MODELS, SparseBatch, build_model
+from raycf.models import SparseBatch, build_model
 from raycf.models.checkpoint import load_checkpoint, save_checkpoint
 from raycf.train import Trainer
 
@@ -63,7 +63,7 @@ def test_autorec_loss_is_squared_error_over_all_items_plus_l2() -> None:
     assert torch.equal(model.scores(SparseBatch.from_csr(X)).argsort(1), x_hat.argsort(1))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", NEURAL_MODELS)
 def test_checkpoint_round_trip_gives_identical_scores(name: str, tmp_path) -> None:
     model = build_model(TrainConfig.for_model(name, hidden=6), X.shape[1]).eval()
     save_checkpoint(tmp_path / "model.pt", model, meta={"note": "x"})
@@ -133,7 +133,7 @@ def trained(split, model: str, **overrides):
     return train(split, TrainConfig.for_model(model, max_epochs=5, **overrides))
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", NEURAL_MODELS)
 def test_default_settings_train_as_before_the_new_options(model: str, pinned_split) -> None:
     result = trained(pinned_split, model)
     assert result.best_valid["ndcg"] == pytest.approx(PINNED_NDCG[model], abs=1e-6)
@@ -196,7 +196,7 @@ def test_autorec_activations_are_applied() -> None:
         assert torch.allclose(model.reconstruct(batch), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", NEURAL_MODELS)
 def test_weight_decay_is_adams(name: str, small_split) -> None:
     """weight_decay is Adam's own (decoupled from the loss): the loss is unchanged, the optimizer carries it."""
     config = TrainConfig.for_model(name, hidden=6, weight_decay=0.05)
@@ -222,15 +222,16 @@ def one_line_error(values: dict, match: str) -> None:
     ({"layers": [600.0]}, r"trial: field 'layers' must be a list of ints"),
     ({"layers": [True]}, r"trial: field 'layers' must be a list of ints"),
     ({"layers": "600,x"}, r"trial: field 'layers' must be comma-separated ints like 600,200"),
-    ({"model": "autorec", "layers": [600]}, r"trial: layers must be \[\] for autorec"),
+    ({"model": "autorec", "layers": [600]}, r"trial: layers is not a hyperparameter of autorec \(autorec takes hidden, "
+                                            r"hidden_activation, .*\); remove it"),
     ({"hidden": -3}, r"trial: hidden must be >= 1, got -3"),
     ({"weight_decay": -0.1}, r"trial: weight_decay must be >= 0, got -0\.1"),
     ({"weight_decay": "0.1"}, r"trial: field 'weight_decay' must be float, got '0\.1'"),
     ({"model": "autorec", "hidden_activation": "tanh"},
      r"trial: hidden_activation must be one of identity, sigmoid, relu, elu, selu, got 'tanh'"),
     ({"model": "autorec", "output_activation": "softmax"}, r"trial: output_activation must be one of identity"),
-    ({"hidden_activation": "relu"}, r"trial: hidden_activation must be sigmoid \(the default\) for multvae"),
-    ({"output_activation": "identity"}, r"trial: output_activation must be sigmoid \(the default\) for multvae"),
+    ({"hidden_activation": "relu"}, r"trial: hidden_activation is not a hyperparameter of multvae"),
+    ({"output_activation": "identity"}, r"trial: output_activation is not a hyperparameter of multvae"),
     ({"latent": 200}, r"trial: unknown field\(s\) latent; known: model, hidden, layers"),
 ])
 def test_configs_that_cannot_be_built_are_refused_naming_the_field(values: dict, match: str) -> None:
@@ -255,7 +256,7 @@ def test_checkpoints_keep_new_settings_and_older_ones_load_with_defaults(tmp_pat
         loaded, _ = load_checkpoint(tmp_path / "model.pt")
         assert loaded.config == config and torch.equal(loaded.scores(batch), model.scores(batch))
     # a checkpoint written before these fields existed: its config lacks them
-    for name in sorted(MODELS):
+    for name in NEURAL_MODELS:
         model = build_model(TrainConfig.for_model(name, hidden=6), X.shape[1]).eval()
         save_checkpoint(tmp_path / "old.pt", model)
         payload = torch.load(tmp_path / "old.pt", weights_only=True)
@@ -284,8 +285,8 @@ def test_train_command_options_reach_the_checkpoint(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert run_raycf("train", "--model", "autorec", *fast, "--layers", "600", "--out", str(tmp_path / "x")) == 2
     assert capsys.readouterr().err.strip() == (
-        "raycf: error: config: layers must be [] for autorec (Mult-VAE only; AutoRec's one hidden layer is "
-        "`hidden`), got [600]")
+        "raycf: error: config: layers is not a hyperparameter of autorec (autorec takes hidden, hidden_activation, "
+        "output_activation, l2, lr, batch_size, weight_decay, dropout, normalize); remove it")
     assert run_raycf("train", "--model", "multvae", *fast, "--layers", "6x", "--out", str(tmp_path / "x")) == 2
     assert "field 'layers' must be comma-separated ints like 600,200" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

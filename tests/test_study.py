@@ -35,14 +35,17 @@ def trials(study: Study) -> list[TrainConfig]:
     return [TrainConfig.from_dict(variant["trial"]) for _, variant in generate_variants(study.param_space())]
 
 
-def test_quickstart_loads_and_expands_to_eight_trials() -> None:
+def test_quickstart_loads_and_expands_to_ten_trials() -> None:
     study = load_study(STUDIES / "quickstart.yaml")
     assert study.data.dataset == "synthetic" and study.data.synthetic == {"n_users": 600, "n_items": 200}
     assert (study.scheduler.type, study.scheduler.max_t, study.scheduler.grace_period) == ("asha", 30, 3)
     configs = trials(study)
-    assert len(configs) * study.num_samples == 8
-    assert {c.model for c in configs} == {"multvae", "autorec"}
-    assert all(c.max_epochs == 30 and c.seed == 0 and c.hidden == 32 for c in configs)
+    assert len(configs) * study.num_samples == 10
+    assert sorted(c.model for c in configs) == ["autorec"] * 4 + ["ease", "multvae", "multvae", "multvae",
+                                                                   "multvae", "pop"]
+    assert all(c.max_epochs == 30 and c.seed == 0 for c in configs)
+    assert all(c.hidden == 32 for c in configs if c.model in ("multvae", "autorec"))
+    assert [c.l2 for c in configs if c.model == "ease"] == [200.0]
     assert {c.dropout for c in configs if c.model == "multvae"} <= {0.3, 0.5}
 
 
@@ -310,12 +313,12 @@ WIDE_BAD = [
     ("layers-randint", edit("dropout: {uniform: [0.3, 0.6]}", "layers: {randint: [1, 9]}"),
      "models.multvae.search.layers.randint: samples ints, but layers is list; use choice or grid"),
     ("layers-autorec", GOOD + "  autorec: {fixed: {layers: [600]}}\n",
-     "models.autorec.fixed.layers: layers must be [] for autorec"),
+     "models.autorec.fixed.layers: layers is not a hyperparameter of autorec"),
     ("activation-unknown", GOOD + "  autorec: {search: {output_activation: {choice: [sigmoid, tanh]}}}\n",
      "models.autorec.search.output_activation.choice[1]: output_activation must be one of identity, sigmoid, relu, "
      "elu, selu, got 'tanh'"),
     ("activation-multvae", edit("hidden: 8", "hidden_activation: relu"),
-     "models.multvae.fixed.hidden_activation: hidden_activation must be sigmoid (the default) for multvae"),
+     "models.multvae.fixed.hidden_activation: hidden_activation is not a hyperparameter of multvae"),
     ("weight-decay-negative", edit("dropout: {uniform: [0.3, 0.6]}", "weight_decay: {uniform: [-1.0, 0.1]}"),
      "models.multvae.search.weight_decay.uniform[0]: weight_decay must be >= 0, got -1.0"),
 ]

@@ -8,14 +8,14 @@ from torch import nn
 from raycf.config import TrainConfig
 from raycf.models.base import (
     ACTIVATION_FUNCTIONS,
-    Recommender,
+    NeuralRecommender,
     SparseBatch,
     input_dropout,
     sparse_linear,
 )
 
 
-class AutoRec(Recommender):
+class AutoRec(NeuralRecommender):
     """x_hat = g(V f(W x + b) + c), squared error over all items plus lambda/2 (|W|^2 + |V|^2).
 
     f and g are `hidden_activation` and `output_activation` (both sigmoid by default, as in the paper)."""

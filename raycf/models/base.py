@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class Recommender(nn.Module, ABC):
-    """A model that learns from sparse multi-hot user rows and scores every item for ranking."""
+    """A model that reads sparse multi-hot user rows and scores every item for ranking."""
 
     name: ClassVar[str]
 
@@ -89,6 +90,24 @@ class Recommender(nn.Module, ABC):
         super().__init__()
         self.n_items = n_items
         self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors (parameters or buffers) live."""
+        return next(itertools.chain(self.parameters(), self.buffers())).device
+
+    @classmethod
+    def fit_bytes(cls, n_users: int, n_items: int, config: TrainConfig) -> int:
+        """Memory that fitting needs beyond the data, where it can outgrow a machine (0: not estimated)."""
+        return 0
+
+    @abstractmethod
+    def scores(self, batch: SparseBatch) -> torch.Tensor:
+        """Deterministic ranking scores (batch size x n_items); higher ranks first."""
+
+
+class NeuralRecommender(Recommender):
+    """A model trained by minibatch gradient descent on its `loss`."""
 
     @abstractmethod
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -100,6 +119,16 @@ class Recommender(nn.Module, ABC):
             return 0.0
         return 0.5 * self.config.l2 * sum(weight.square().sum() for weight in weights)
 
+
+class FittedRecommender(Recommender):
+    """A model fitted on the whole train matrix, in closed form (one iteration) or iteratively; its state is
+    buffers, not parameters."""
+
+    @classmethod
+    def iterations(cls, config: TrainConfig) -> int:
+        """Iterations of a complete fit (each one an epoch of the run)."""
+        return 1
+
     @abstractmethod
-    def scores(self, batch: SparseBatch) -> torch.Tensor:
-        """Deterministic ranking scores (batch size x n_items); higher ranks first."""
+    def fit_iteration(self, train: csr_matrix, iteration: int) -> None:
+        """Iteration `iteration` (0-based) of the fit on the users x items train matrix."""

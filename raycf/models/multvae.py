@@ -6,10 +6,15 @@ import torch
 from torch import nn
 
 from raycf.config import TrainConfig
-from raycf.models.base import Recommender, SparseBatch, input_dropout, sparse_linear
+from raycf.models.base import (
+    NeuralRecommender,
+    SparseBatch,
+    input_dropout,
+    sparse_linear,
+)
 
 
-class MultVAE(Recommender):
+class MultVAE(NeuralRecommender):
     """x_u -> L2-normalise -> dropout -> [tanh layers] -> (mu, log sigma^2) -> z -> [tanh layers] -> softmax.
 
     `config.layers` lists the encoder's hidden layers ([600] in the paper), mirrored in the decoder;
