@@ -53,3 +53,24 @@ def test_reference_settings_reach_the_table(ml1m_split: Split, model: str, overr
     print(f"{model}: best epoch {result.best_epoch}, test {test}")
     assert test["ndcg"] >= floor
     assert result.epochs_run == result.best_epoch + 50  # stopped by patience, not by the epoch limit
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "pinned", "tolerance"),
+    [
+        # integer counts: exact on any machine
+        ("pop", {}, {"precision": 0.1616111387369468, "recall": 0.035210086681206974,
+                     "ndcg": 0.16671680445443834, "mrr": 0.2979916017459528}, 1e-12),
+        # a float64 LAPACK inverse cast to float32: another BLAS build may round a last bit differently
+        ("ease", {"l2": 500.0}, {"precision": 0.28224763799104924, "recall": 0.07770973812224487,
+                                 "ndcg": 0.29211303247690973, "mrr": 0.4815376540140339}, 2e-5),
+    ],
+)
+def test_closed_form_baselines_give_the_pinned_seed_0_figures(ml1m_split: Split, model: str, overrides: dict,
+                                                              pinned: dict, tolerance: float) -> None:
+    """Popularity and EASE (lambda 500) on the seed-0 split: deterministic, so their test figures are pinned."""
+    result = train(ml1m_split, TrainConfig.for_model(model, **overrides))
+    test = summarize(evaluate_model(result.model, ml1m_split, "test", mask="train"))
+    assert (result.epochs_run, result.best_epoch, test["users"]) == (1, 1, 6033)
+    for name, value in pinned.items():
+        assert test[name] == pytest.approx(value, abs=tolerance), name
