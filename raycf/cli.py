@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -12,9 +13,18 @@ import click
 
 from raycf.cluster import DASHBOARD_HOST
 from raycf.config import ACTIVATIONS, MODEL_NAMES, NORMALIZATIONS
-from raycf.data.source import DataSpec
+from raycf.data.datasets import DATASETS
+from raycf.data.loaders import FORMATS
+from raycf.data.source import SYNTHETIC, DataSpec
+from raycf.data.split import SCHEMES
 from raycf.errors import RaycfError
-from raycf.metrics import MASK_PROTOCOLS, METRICS, Selection
+from raycf.metrics import (
+    MASK_PROTOCOLS,
+    METRICS,
+    MetricAt,
+    Selection,
+    parse_metric_list,
+)
 from raycf.storage import Location
 from raycf.submit import require_cluster_path, submit
 
@@ -50,33 +60,66 @@ def parse_selection(_ctx: click.Context, _param: click.Parameter, text: str) -> 
         raise click.BadParameter(str(error)) from None
 
 
+def parse_metrics(_ctx: click.Context, _param: click.Parameter, text: str) -> tuple[MetricAt, ...]:
+    """`recall@20,ndcg@100` -> MetricAt each."""
+    try:
+        return parse_metric_list(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def data_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options that choose and read a run's data, turned into one `data: DataSpec` argument."""
     options = [
-        click.option("--dataset", type=click.Choice(["ml-1m", "ml-100k", "synthetic"]), default=None,
+        click.option("--dataset", type=click.Choice([*DATASETS, SYNTHETIC]), default=None,
                      help="Named dataset (downloaded once into $RAYCF_DATA_HOME). Default: synthetic."),
-        click.option("--ratings", type=click.Path(dir_okay=False), default=None,
-                     help="Ratings file: MovieLens ratings.dat[.gz|.zip], u.data, CSV, TSV or Parquet."),
+        click.option("--ratings", type=click.Path(), default=None,
+                     help="Ratings: MovieLens ratings.dat[.gz|.zip], u.data, ratings.csv (ML-20M), CSV, TSV, Parquet, or a Netflix "
+                          "Prize directory of mv_*.txt files."),
         click.option("--format", "fmt", default="auto", show_default=True,
-                     help="Ratings file format: auto, movielens, ml-100k, csv, tsv, parquet."),
+                     help="Ratings file format: auto, " + ", ".join(FORMATS) + "."),
         click.option("--user-col", default="user_id", show_default=True, help="User id column (CSV/TSV/Parquet)."),
         click.option("--item-col", default="item_id", show_default=True, help="Item id column (CSV/TSV/Parquet)."),
         click.option("--rating-col", default=None, help="Rating column (CSV/TSV/Parquet), for --min-rating."),
         click.option("--min-rating", type=float, default=None,
                      help="Keep ratings >= this as positives. Default: every rating is positive."),
+        click.option("--time-col", default=None, help="Time column (CSV/TSV/Parquet): epoch seconds or ISO dates."),
+        click.option("--min-user-items", type=int, default=None, help="Keep users with at least this many records."),
+        click.option("--min-item-users", type=int, default=None, help="Keep items with at least this many users."),
+        click.option("--k-core", type=int, default=None,
+                     help="Keep the k-core: users and items with at least k records, iterated to a fixpoint."),
+        click.option("--scheme", type=click.Choice(SCHEMES), default="records", show_default=True,
+                     help="records: a random split of the records; users: whole users held out, with fold-in; "
+                          "time: a global time cut."),
+        click.option("--heldout-users", type=float, default=None,
+                     help="--scheme users: validation users and as many test users (a count, or a fraction)."),
+        click.option("--fold-in", type=float, default=0.8, show_default=True,
+                     help="--scheme users: share of each held-out user's items given as input (the rest predicted)."),
+        click.option("--time-cuts", default=None, metavar="DATE,DATE",
+                     help="--scheme time: validation and test start at these dates (or epoch seconds). Default: at "
+                          "the --split fractions of the records in time order."),
         click.option("--split", "fractions", default="0.6,0.2,0.2", show_default=True, callback=parse_fractions,
-                     help="Train, validation and test fractions of the records."),
+                     help="Train, validation and test fractions of the records (--scheme records or time)."),
     ]
 
     @functools.wraps(command)
     def wrapper(dataset: str | None, ratings: str | None, fmt: str, user_col: str, item_col: str,
-                rating_col: str | None, min_rating: float | None, **kwargs: Any) -> Any:
+                rating_col: str | None, min_rating: float | None, time_col: str | None, min_user_items: int | None,
+                min_item_users: int | None, k_core: int | None, scheme: str, heldout_users: float | None,
+                fold_in: float, time_cuts: str | None, **kwargs: Any) -> Any:
         if dataset is not None and ratings is not None:
             raise click.UsageError("--dataset and --ratings exclude each other: give one")
+        if (scheme == "users") != (heldout_users is not None):
+            raise click.UsageError("--heldout-users goes with --scheme users, which needs it")
+        cuts = None if time_cuts is None else tuple(part.strip() for part in time_cuts.split(","))
+        if cuts is not None and (scheme != "time" or len(cuts) != 2):
+            raise click.UsageError("--time-cuts takes two dates, DATE,DATE, with --scheme time")
         data = DataSpec(
             dataset=None if ratings is not None else (dataset or "synthetic"),
             ratings=ratings, format=fmt, user_col=user_col, item_col=item_col,
-            rating_col=rating_col, min_rating=min_rating,
+            rating_col=rating_col, min_rating=min_rating, time_col=time_col, min_user_items=min_user_items,
+            min_item_users=min_item_users, k_core=k_core, scheme=scheme, heldout_users=heldout_users,
+            fold_in=fold_in, time_cuts=cuts,
         )
         return command(data=data, **kwargs)
 
@@ -150,17 +193,21 @@ def cli() -> None:
               help="Items masked when ranking for the test metrics.")
 @click.option("--metric", "selection", default="ndcg@5", show_default=True, callback=parse_selection,
               help="Validation metric that picks the best epoch and counts patience: name@k (precision, recall, "
-                   "ndcg, mrr).")
+                   "ndcg, mrr, hit_rate, map).")
+@click.option("--report-metrics", "report", default="", callback=parse_metrics, metavar="recall@20,ndcg@100",
+              help="More metrics to report on validation and test (they decide nothing).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where to train: cuda needs a visible GPU.")
 @click.option("--out", required=True, help="New directory for the run's outputs: a path or a URI (s3://...).")
 @click.option("--quiet", is_flag=True, help="No progress line per epoch.")
 def train_command(model: str, data: DataSpec, fractions: tuple[float, float, float], seed: int, mask: str,
-                  selection: Selection, device: str, out: str, quiet: bool, **hyperparameters: Any) -> None:
+                  selection: Selection, report: tuple[MetricAt, ...], device: str, out: str, quiet: bool,
+                  **hyperparameters: Any) -> None:
     """Train one model on one split and write the split, the best checkpoint and metrics.json."""
     from raycf.config import TrainConfig
     from raycf.train import run_training
 
+    selection = dataclasses.replace(selection, report=report)
     config = TrainConfig.for_model(model, seed=seed, **hyperparameters)
     summary = run_training(data, config, fractions=fractions, mask=mask, out=out, device=device, selection=selection,
                            progress=None if quiet else click.echo)
@@ -181,9 +228,9 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Retries of an errored trial.")
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=None)
-@click.option("--dataset", type=click.Choice(["ml-1m", "ml-100k", "synthetic"]), default=None,
+@click.option("--dataset", type=click.Choice([*DATASETS, SYNTHETIC]), default=None,
               help="Override the study's data with a named dataset.")
-@click.option("--ratings", type=click.Path(dir_okay=False), default=None,
+@click.option("--ratings", type=click.Path(), default=None,
               help="Override the study's data with a ratings file.")
 @click.option("--seed", type=int, default=None, help="Override the study's seed (split and search).")
 @click.option("--repeat-seeds", default=None, callback=parse_seeds,
@@ -252,6 +299,9 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
 @click.option("--out", default=None, help="Output directory, path or URI. Default: RUN_DIR/scores.")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items never recommended: the user's train items, or train and validation items.")
+@click.option("--report-metrics", "report", default=None, callback=lambda ctx, param, text: None if text is None
+              else parse_metrics(ctx, param, text), metavar="recall@20,ndcg@100",
+              help="Metrics beside P/R/NDCG/MRR@k in user_metrics/ and the summary. Default: the run's own.")
 @click.option("--users", type=click.Path(dir_okay=False), default=None,
               help="Score only these users: a file of raw user ids, one per line.")
 @click.option("--stall-timeout", "stall_timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,

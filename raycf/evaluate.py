@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from raycf.data.split import Split
-from raycf.metrics import evaluate, known_items, mean_metrics
+from raycf.metrics import (
+    MASK_PROTOCOLS,
+    METRICS,
+    MetricAt,
+    evaluate,
+    exact_mean,
+    exact_sum,
+    mean_metrics,
+    metrics_at,
+)
 from raycf.models import Recommender, SparseBatch
 
 PARTS = ("valid", "test")
+NOT_METRICS = ("n_heldout", "hits", "ranked_hits")
+"""Per-user arrays of `evaluate` that are counts, not metrics to average."""
 
 
-def model_scorer(model: Recommender, split: Split) -> Callable[[np.ndarray], torch.Tensor]:
-    """score_fn(user indices) -> scores, the model's input being each user's train row."""
+def model_scorer(model: Recommender, inputs: sp.csr_matrix) -> Callable[[np.ndarray], torch.Tensor]:
+    """score_fn(user indices) -> scores, the model's input being each user's row of `inputs`."""
     device = model.device
 
     def score(users: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return model.scores(SparseBatch.from_csr(split.train[users], device))
+            return model.scores(SparseBatch.from_csr(inputs[users], device))
 
     return score
 
@@ -28,18 +40,36 @@ def model_scorer(model: Recommender, split: Split) -> Callable[[np.ndarray], tor
 def evaluate_model(
     model: Recommender, split: Split, part: str = "valid", mask: str = "train", k: int = 5
 ) -> dict[str, np.ndarray]:
-    """Per-user metric arrays of `model` on `part`; validation always masks train items only."""
+    """Per-user metric arrays of `model` on `part`, each user ranked from the part's inputs (Split.inputs);
+    validation masks the inputs only, test the inputs or (mask "train+valid") the validation items too."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    known = split.train if part == "valid" else known_items(split.train, split.valid, mask)
+    if mask not in MASK_PROTOCOLS:
+        raise ValueError(f"unknown mask protocol {mask!r}; expected one of {MASK_PROTOCOLS}")
+    known = split.known(part, mask if part == "test" else "train")
     was_training = model.training
     model.eval()
     try:
-        return evaluate(model_scorer(model, split), known, getattr(split, part), k=k)
+        return evaluate(model_scorer(model, split.inputs(part)), known, getattr(split, part), k=k)
     finally:
         model.train(was_training)
 
 
+def evaluate_metrics(
+    model: Recommender, split: Split, part: str, metrics: Sequence[MetricAt], mask: str = "train"
+) -> dict[str, np.ndarray]:
+    """Per-user arrays of each metric (keyed by its field: `ndcg`, `recall@20`), from one ranking at the largest
+    k; "n_heldout" too."""
+    per_user = evaluate_model(model, split, part, mask, k=max(metric.k for metric in metrics))
+    values = metrics_at(per_user["ranked_hits"], per_user["n_heldout"], metrics)
+    return {**{metric.field: values[metric.label] for metric in metrics}, "n_heldout": per_user["n_heldout"]}
+
+
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means over users with a held-out item, as plain floats."""
-    return {name: float(value) for name, value in mean_metrics(per_user).items()}
+    """Means of every metric array over users with a held-out item (exact sums), and "users": their count."""
+    means = mean_metrics(per_user)
+    counted = ~np.isnan(per_user[METRICS[0]])
+    for name, values in per_user.items():
+        if name not in means and name not in NOT_METRICS:
+            means[name] = exact_mean(exact_sum(values[counted]), int(counted.sum()))
+    return {name: float(value) for name, value in means.items()}

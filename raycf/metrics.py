@@ -3,12 +3,13 @@
 A user's candidates are all items outside their known items (the mask); items are the
 stored entries of a CSR row. Ties in scores rank the lower item index first. A user with
 fewer than k candidates gets a shorter list, padded with -1, which is never a hit.
-Metrics are averaged over the users with at least one held-out item.
+Metrics are averaged over the users with at least one held-out item. Metrics at several k
+come from one ranking at the largest k: the first k ranks of a top-K list are the top k.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,55 @@ import scipy.sparse as sp
 import torch
 
 METRICS = ("precision", "recall", "ndcg", "mrr")
+"""The metrics every run reports at REPORT_K."""
+ALL_METRICS = (*METRICS, "hit_rate", "map")
+"""Every metric computable at any k (hit_rate: any hit in the top k; map: average precision at k)."""
 MASK_PROTOCOLS = ("train", "train+valid")
 REPORT_K = 5
 """Every run reports validation and test P/R/NDCG/MRR at this k (the write-up's), whatever it selects on."""
 MODES = ("max", "min")
 FIXED_POINT_BITS = 60  # metric values in [0, 1] are summed as whole multiples of 2**-60
+
+
+@dataclass(frozen=True)
+class MetricAt:
+    """One metric of ALL_METRICS at one k, written `name@k` (`recall@20`); a bare name means k = REPORT_K."""
+
+    name: str
+    k: int = REPORT_K
+
+    @classmethod
+    def parse(cls, text: str) -> MetricAt:
+        """`recall`, `recall@20` -> MetricAt; ValueError saying what is allowed."""
+        name, at, k_text = str(text).strip().partition("@")
+        if name not in ALL_METRICS:
+            raise ValueError(
+                f"unknown metric {text!r}; use name@k with name one of {', '.join(ALL_METRICS)} (e.g. recall@20)"
+            )
+        if at and not (k_text.isascii() and k_text.isdigit() and int(k_text) >= 1):
+            raise ValueError(f"metric {text!r}: k must be an integer >= 1 (e.g. {name}@10)")
+        return cls(name, int(k_text) if at else REPORT_K)
+
+    @property
+    def label(self) -> str:
+        """`recall@20`."""
+        return f"{self.name}@{self.k}"
+
+    @property
+    def field(self) -> str:
+        """Its entry in a run's metrics: the bare name for P/R/NDCG/MRR at REPORT_K (the ones every run reports,
+        named so since before any other k), else the label."""
+        return self.name if self.k == REPORT_K and self.name in METRICS else self.label
+
+
+REPORTED = tuple(MetricAt(name, REPORT_K) for name in METRICS)
+"""What every run reports, on validation and test."""
+
+
+def parse_metric_list(text: str) -> tuple[MetricAt, ...]:
+    """`recall@20, recall@50,ndcg@100` -> MetricAt each, duplicates dropped in order; blank -> ()."""
+    parts = (part.strip() for part in str(text).split(","))
+    return tuple(dict.fromkeys(MetricAt.parse(part) for part in parts if part))
 
 
 @dataclass(frozen=True)
@@ -33,33 +78,42 @@ class Selection:
     name: str = "ndcg"
     k: int = REPORT_K
     mode: str = "max"
+    report: tuple[MetricAt, ...] = ()
+    """More metrics every run reports beside P/R/NDCG/MRR@REPORT_K and the selection metric (they decide
+    nothing), e.g. recall@20, recall@50, ndcg@100."""
 
     @classmethod
-    def parse(cls, text: str, mode: str = "max") -> Selection:
-        """`ndcg`, `recall@20` -> Selection; ValueError saying what is allowed."""
-        name, _, k_text = str(text).strip().partition("@")
-        if name not in METRICS:
-            raise ValueError(f"unknown metric {text!r}; use name@k with name one of {', '.join(METRICS)} (e.g. ndcg@5)")
-        if k_text and not (k_text.isdigit() and int(k_text) >= 1):
-            raise ValueError(f"metric {text!r}: k must be an integer >= 1 (e.g. {name}@10)")
+    def parse(cls, text: str, mode: str = "max", report: str | tuple[MetricAt, ...] = ()) -> Selection:
+        """`ndcg`, `recall@20` (any of ALL_METRICS), and `report` ("recall@20,ndcg@100") -> Selection;
+        ValueError saying what is allowed."""
+        metric = MetricAt.parse(text)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        return cls(name, int(k_text) if k_text else REPORT_K, mode)
+        return cls(metric.name, metric.k, mode, parse_metric_list(report) if isinstance(report, str) else report)
+
+    @property
+    def metric(self) -> MetricAt:
+        return MetricAt(self.name, self.k)
 
     @property
     def label(self) -> str:
         """`ndcg@5`."""
-        return f"{self.name}@{self.k}"
+        return self.metric.label
 
     @property
     def field(self) -> str:
-        """Its entry in a run's validation metrics: `ndcg` at REPORT_K (reported anyway), else `ndcg@10`."""
-        return self.name if self.k == REPORT_K else self.label
+        """Its entry in a run's metrics: `ndcg` at REPORT_K (reported anyway), else `ndcg@10`."""
+        return self.metric.field
+
+    @property
+    def metrics(self) -> tuple[MetricAt, ...]:
+        """Every metric a run computes: P/R/NDCG/MRR at REPORT_K, the selection metric, the report metrics."""
+        return tuple(dict.fromkeys((*REPORTED, self.metric, *self.report)))
 
     @property
     def reported(self) -> tuple[str, ...]:
-        """The validation fields a run reports: P/R/NDCG/MRR at REPORT_K, and this metric when at another k."""
-        return tuple(dict.fromkeys((*METRICS, self.field)))
+        """The fields of `metrics`: `precision` ... `mrr`, then e.g. `recall@20`."""
+        return tuple(metric.field for metric in self.metrics)
 
     @property
     def key(self) -> str:
@@ -188,28 +242,54 @@ def hits_at_k(topk: torch.Tensor | np.ndarray, heldout: sp.spmatrix) -> np.ndarr
 
 
 def user_metrics(
-    hits: np.ndarray, n_heldout: np.ndarray, k: int
+    hits: np.ndarray, n_heldout: np.ndarray, k: int, names: Sequence[str] = METRICS
 ) -> dict[str, np.ndarray]:
-    """Per-user float64 arrays of METRICS at k; NaN for users with no held-out item."""
+    """Per-user float64 arrays of `names` (any of ALL_METRICS) at k; NaN for users with no held-out item."""
+    unknown = [name for name in names if name not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; expected names from {', '.join(ALL_METRICS)}")
     hits = np.asarray(hits, dtype=bool)
     n_heldout = np.asarray(n_heldout)
     if hits.ndim != 2 or hits.shape[1] != k or hits.shape[0] != len(n_heldout):
         raise ValueError(
             f"hits {hits.shape} does not match k={k} and {len(n_heldout)} users"
         )
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ranks = np.arange(1, k + 1)
+    discount = 1.0 / np.log2(ranks + 1)
     n_hits = hits.sum(axis=1)
+    best = np.clip(n_heldout, 1, k)  # the most hits the top k can hold
+    formulas: dict[str, Callable[[], np.ndarray]] = {
+        "precision": lambda: n_hits / k,
+        "recall": lambda: n_hits / n_heldout,
+        "ndcg": lambda: (hits @ discount) / np.cumsum(discount)[best - 1],
+        "mrr": lambda: np.where(hits.any(axis=1), 1.0 / (hits.argmax(axis=1) + 1), 0.0),
+        "hit_rate": lambda: hits.any(axis=1).astype(np.float64),
+        "map": lambda: (hits * np.cumsum(hits, axis=1) / ranks).sum(axis=1) / best,
+    }
     has = n_heldout > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        recall = n_hits / n_heldout
-        ideal = np.cumsum(discount)[np.clip(n_heldout, 1, k) - 1]
-        out = {
-            "precision": n_hits / k,
-            "recall": recall,
-            "ndcg": (hits @ discount) / ideal,
-            "mrr": np.where(hits.any(axis=1), 1.0 / (hits.argmax(axis=1) + 1), 0.0),
-        }
-    return {name: np.where(has, value, np.nan) for name, value in out.items()}
+        return {name: np.where(has, formulas[name](), np.nan) for name in names}
+
+
+def metrics_at(
+    ranked_hits: np.ndarray, n_heldout: np.ndarray, wanted: Sequence[MetricAt]
+) -> dict[str, np.ndarray]:
+    """Per-user arrays of each wanted metric, keyed by label (`recall@20`), each from the first k columns
+    of one (users x K) hit matrix such as evaluate's "ranked_hits"; k above K raises ValueError."""
+    ranked_hits = np.asarray(ranked_hits, dtype=bool)
+    if ranked_hits.ndim != 2:
+        raise ValueError(f"ranked_hits must be 2-D (users x K), got shape {ranked_hits.shape}")
+    depth = ranked_hits.shape[1]
+    out_of_range = [metric.label for metric in wanted if not 1 <= metric.k <= depth]
+    if out_of_range:
+        raise ValueError(
+            f"{', '.join(out_of_range)}: k must be between 1 and {depth}, the depth of the ranking"
+        )
+    names_at: dict[int, list[str]] = {}
+    for metric in wanted:
+        names_at.setdefault(metric.k, []).append(metric.name)
+    per_k = {k: user_metrics(ranked_hits[:, :k], n_heldout, k, names) for k, names in names_at.items()}
+    return {metric.label: per_k[metric.k][metric.name] for metric in wanted}
 
 
 def exact_sum(values: np.ndarray) -> int:
@@ -249,7 +329,8 @@ def evaluate(
     k: int = 5,
     batch_size: int = 256,
 ) -> dict[str, np.ndarray]:
-    """Per-user METRICS at k for all users, plus int arrays "n_heldout" and "hits".
+    """Per-user METRICS at k for all users, plus int arrays "n_heldout" and "hits" (their counts) and the
+    (n_users x k) bool "ranked_hits" for metrics_at (all False for users without a held-out item).
 
     `score_fn(users)` returns (len(users) x n_items) scores, which top_k may overwrite; it
     is called only for users with a held-out item. Users without one get NaN metrics.
@@ -282,4 +363,4 @@ def evaluate(
             )
         hits[batch] = hits_at_k(top_k(scores, known[batch], k), heldout[batch])
     per_user = user_metrics(hits, n_heldout, k)
-    return {**per_user, "n_heldout": n_heldout, "hits": hits.sum(axis=1)}
+    return {**per_user, "n_heldout": n_heldout, "hits": hits.sum(axis=1), "ranked_hits": hits}

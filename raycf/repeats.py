@@ -12,9 +12,9 @@ import torch
 from scipy import stats
 
 from raycf.config import TrainConfig
-from raycf.data.source import DataSpec, load_source
-from raycf.data.split import Split, split_interactions
-from raycf.evaluate import evaluate_model, summarize
+from raycf.data.source import DataSpec, load_filtered
+from raycf.data.split import Split
+from raycf.evaluate import evaluate_metrics, summarize
 from raycf.metrics import METRICS, Selection
 from raycf.storage import Location, parquet_bytes
 from raycf.train import train
@@ -29,10 +29,10 @@ def repeat_run(split: Split, config: dict[str, Any], threads: int, selection: Se
     (`valid_*`) and its test metrics there (train-only masking)."""
     torch.set_num_threads(threads)
     result = train(split, TrainConfig.from_dict(config, where="repeat"), selection=selection)
-    test = summarize(evaluate_model(result.model, split, "test", mask="train"))
+    test = summarize(evaluate_metrics(result.model, split, "test", selection.metrics, mask="train"))
     valid = {f"valid_{name}": result.best_valid[name] for name in selection.reported}
     return {"model": config["model"], "seed": config["seed"], "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, **valid, **{name: test[name] for name in METRICS},
+            "epochs_run": result.epochs_run, **valid, **{name: test[name] for name in selection.reported},
             "config": json.dumps(config, sort_keys=True)}
 
 
@@ -40,9 +40,8 @@ def train_on_seeds(data: DataSpec, fractions: tuple[float, float, float], seeds:
                    configs: list[str], cpus_per_task: float, selection: Selection) -> pd.DataFrame:
     """Every (configuration JSON, split seed) pair trained as a Ray task; one row each, in `configs` order
     (`config_index` says which) then seed order."""
-    frame, digest = load_source(data)
-    splits = {seed: ray.put(split_interactions(frame, fractions=fractions, seed=seed, source=data.describe(),
-                                               source_sha256=digest)) for seed in seeds}
+    source = load_filtered(data)
+    splits = {seed: ray.put(source.split(fractions, seed)) for seed in seeds}
     threads = max(1, int(cpus_per_task))
     futures = [repeat_run.options(num_cpus=cpus_per_task).remote(splits[seed], {**json.loads(config), "seed": seed},
                                                                  threads, selection)
@@ -67,11 +66,16 @@ def paired_comparison(repeats: pd.DataFrame, first: str, second: str) -> dict[st
     return comparison
 
 
+def test_fields(repeats: pd.DataFrame) -> list[str]:
+    """The test metric columns of repeats.parquet: precision ... mrr, then the report metrics (recall@20)."""
+    return [*METRICS, *(column for column in repeats.columns if "@" in column and not column.startswith("valid_"))]
+
+
 def summarize_repeats(repeats: pd.DataFrame) -> dict[str, Any]:
     """Mean and standard deviation of each test metric per model, and the paired comparison."""
     per_model = {
         model: {name: {"mean": float(rows[name].mean()),
-                       "std": float(rows[name].std(ddof=1)) if len(rows) > 1 else 0.0} for name in METRICS}
+                       "std": float(rows[name].std(ddof=1)) if len(rows) > 1 else 0.0} for name in test_fields(repeats)}
         for model, rows in repeats.groupby("model")
     }
     summary: dict[str, Any] = {"mask": "train", "k": 5, "per_model": per_model}
@@ -86,7 +90,7 @@ def run_repeats(location: Location, data: DataSpec, fractions: tuple[float, floa
                 selection: Selection) -> pd.DataFrame:
     """Train every (best configuration, seed) pair as a Ray task; write repeats.parquet and repeats.json."""
     rows = train_on_seeds(data, fractions, seeds, list(leaderboard["config"]), cpus_per_task, selection)
-    repeats = rows[["model", "seed", "best_epoch", "epochs_run", *METRICS, "config"]]
+    repeats = rows[["model", "seed", "best_epoch", "epochs_run", *selection.reported, "config"]]
     repeats = repeats.sort_values(["model", "seed"], ignore_index=True)
     location.write_bytes(REPEATS_FILE, parquet_bytes(repeats))
     summary = summarize_repeats(repeats)

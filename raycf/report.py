@@ -215,11 +215,13 @@ def noise_text(leaderboard: pd.DataFrame, selection: Selection) -> str:
 def leaderboard_section(run: Run, varying: dict[str, list[str]]) -> list[str]:
     """Best trial per model, best first, the study's metric with its per-user standard error."""
     selection = run.selection
+    extra = [name for name in selection.reported if name not in METRICS and f"valid_{name}" in run.leaderboard]
     header = ["model", "trial_id", "best_epoch", f"{selection.label} ± SE",
-              *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS), "key hyperparameters"]
+              *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS), *extra, "key hyperparameters"]
     rows = [[row["model"], row["trial_id"], str(row["best_epoch"]),
              with_error(row[selection.key], row.get("valid_se", float("nan"))),
-             *(number(row[f"valid_{name}"]) for name in METRICS), key_hyperparameters(row, varying[row["model"]])]
+             *(number(row[f"valid_{name}"]) for name in [*METRICS, *extra]),
+             key_hyperparameters(row, varying[row["model"]])]
             for _, row in run.leaderboard.iterrows()]
     chosen = ("by their mean validation metric over the robust selection's seeds (see below)"
               if "select_mean" in run.leaderboard else f"by validation {selection.label}")
@@ -375,14 +377,15 @@ def test_section(summary: dict[str, Any] | None, run_dir: str, scores: str | Non
         return ["## Test metrics", f"No test scores in `{scores_name}`: run `raycf score {run_dir}{out}` first, "
                 "then `raycf report` again."]
     model, k = summary["model"], summary["k"]
-    header = ["source", "model", "k", "masking", *(f"{METRIC_LABELS[name]}@k" for name in METRICS)]
+    extra = [name for name in summary if "@" in name]  # the report metrics, e.g. recall@20
+    header = ["source", "model", "k", "masking", *(f"{METRIC_LABELS[name]}@k" for name in METRICS), *extra]
     rows = [
         [f"this run ({summary['dataset']}, trial {summary['trial_id']}, epoch {summary['checkpoint_epoch']})",
-         MODEL_LABELS[model], str(k), summary["mask"], *(number(summary[name]) for name in METRICS)],
+         MODEL_LABELS[model], str(k), summary["mask"], *(number(summary[name]) for name in [*METRICS, *extra])],
     ]
     if model in REFERENCE:  # the write-up has Mult-VAE and AutoRec only
         rows.append(["write-up (ML-1M)", MODEL_LABELS[model], str(REFERENCE_K), "train",
-                     *(number(REFERENCE[model][name]) for name in METRICS)])
+                     *(number(REFERENCE[model][name]) for name in METRICS), *("-" for _ in extra)])
     return ["## Test metrics", table(header, rows), "\n".join([
         f"- {masking_text(summary['mask'])}",
         f"- Users evaluated: {summary['users_evaluated']:,} of {summary['users_scored']:,} scored "
@@ -421,9 +424,11 @@ def repeats_section(run_dir: Path) -> list[str]:
         return []
     summary = json.loads((run_dir / REPEATS_SUMMARY).read_text())
     seeds = sorted(pd.read_parquet(run_dir / REPEATS_FILE)["seed"].unique().tolist())
-    header = ["model", *(f"{METRIC_LABELS[name]}@{summary['k']}" for name in METRICS)]
+    measured = next(iter(summary["per_model"].values()))  # repeats.json's keys are sorted
+    names = [*METRICS, *sorted(name for name in measured if name not in METRICS)]  # then e.g. recall@20
+    header = ["model", *(f"{METRIC_LABELS[name]}@{summary['k']}" if name in METRIC_LABELS else name for name in names)]
     rows = [[MODEL_LABELS[model], *(f"{number(values[name]['mean'])} ± {number(values[name]['std'])}"
-                                     for name in METRICS)] for model, values in summary["per_model"].items()]
+                                     for name in names)] for model, values in summary["per_model"].items()]
     blocks = ["## Seed repeats", f"The best configuration of each model trained again on split seeds {seeds} "
               f"and scored on test. {masking_text(summary['mask'])} Mean ± standard deviation over the seeds:",
               table(header, rows)]

@@ -9,6 +9,7 @@ object store: see raycf.storage), by one run at a time where the output is local
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -44,9 +45,12 @@ from raycf.errors import RaycfError
 from raycf.metrics import (
     MASK_PROTOCOLS,
     METRICS,
+    MetricAt,
     exact_mean,
     exact_sum,
     hits_at_k,
+    metrics_at,
+    parse_metric_list,
     top_k,
     user_metrics,
 )
@@ -54,8 +58,15 @@ from raycf.models import Recommender, SparseBatch
 from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
 from raycf.monitoring import ScoringMetrics
 from raycf.storage import Location, PendingOutput, parquet_bytes
-from raycf.train import CHECKPOINT_NAME
-from raycf.tune import BEST_FILE, LEADERBOARD_FILE, MODEL_FILE, SPLIT_DIR, TRIALS_FILE
+from raycf.train import CHECKPOINT_NAME, METRICS_FILE
+from raycf.tune import (
+    BEST_FILE,
+    LEADERBOARD_FILE,
+    MODEL_FILE,
+    SPLIT_DIR,
+    STUDY_FILE,
+    TRIALS_FILE,
+)
 
 TOPK_DIR = "topk"
 USER_METRICS_DIR = "user_metrics"
@@ -63,6 +74,7 @@ SCORES_DIR = "scores"
 SUMMARY_JSON = "summary.json"
 SUMMARY_PARQUET = "summary.parquet"
 USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
+"""user_metrics/'s columns; the report metrics follow, by label (`recall@20`)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,15 @@ class ScoreTarget:
     """The run directory holding `split/`."""
     trial_id: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+
+    def report_metrics(self) -> tuple[MetricAt, ...]:
+        """The metrics the run reports beside P/R/NDCG/MRR@k: its study's or its training's `report_metrics`."""
+        if self.run.has(STUDY_FILE):
+            return parse_metric_list(",".join(json.loads(self.run.read_bytes(STUDY_FILE)).get("report_metrics", [])))
+        if self.run.has(METRICS_FILE):
+            selection = json.loads(self.run.read_bytes(METRICS_FILE)).get("selection", {})
+            return parse_metric_list(",".join(selection.get("report_metrics", [])))
+        return ()
 
 
 def _trial_row(run: Location, file: str, column: str, value: str) -> pd.Series:
@@ -139,10 +160,11 @@ def list_column(matrix: csr_matrix) -> pa.Array:
 
 
 def user_table(split: Split, rows: np.ndarray) -> pa.Table:
-    """One row per user: raw id and train / valid / test item indices."""
+    """One row per user: raw id, the user's input (train items, or a held-out user's fold-in: Split.inputs),
+    validation and test item indices."""
     return pa.table({
         "user_id": pa.array(split.user_ids[rows]),
-        "train": list_column(split.train[rows]),
+        "train": list_column(split.inputs("score")[rows]),
         "valid": list_column(split.valid[rows]),
         "test": list_column(split.test[rows]),
     })
@@ -187,13 +209,15 @@ class Scorer:
     """Ray Data actor: holds the model; batch of users -> top-k lists and per-user test metrics."""
 
     def __init__(
-        self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, k: int, mask: str, threads: int, device: str
+        self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, k: int, mask: str, threads: int, device: str,
+        report: tuple[MetricAt, ...] = (),
     ) -> None:
         self.model, _ = checkpoint_from_bytes(ray.get(checkpoint[0]), "checkpoint")
         torch.set_num_threads(threads)
         self.device = device
         self.model.to(device)
-        self.item_ids, self.k, self.mask = item_ids, k, mask
+        self.item_ids, self.k, self.mask, self.report = item_ids, k, mask, report
+        self.depth = max([k, *(metric.k for metric in report)])
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -203,12 +227,13 @@ class Scorer:
         known = train if self.mask == "train" else (train + lists_to_csr(batch["valid"], n_items)).tocsr()
         with torch.no_grad():
             scores = self.model.scores(SparseBatch.from_csr(train, self.device))
-            top = top_k(scores, known, self.k)
+            ranked = top_k(scores, known, self.depth)
+            top = ranked[:, :self.k]
             top_scores = scores.gather(1, top.clamp_min(0)).cpu().numpy()
-        top = top.cpu().numpy()
-        hits = hits_at_k(top, test)
+        ranked_hits = hits_at_k(ranked.cpu().numpy(), test)
+        top, hits = top.cpu().numpy(), ranked_hits[:, :self.k]
         n_test = np.diff(test.indptr)
-        per_user = user_metrics(hits, n_test, self.k)
+        per_user = {**user_metrics(hits, n_test, self.k), **metrics_at(ranked_hits, n_test, self.report)}
         valid_slot = top >= 0
         lengths = valid_slot.sum(axis=1)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
@@ -216,7 +241,7 @@ class Scorer:
             "user_id": batch["user_id"],
             "n_test": pa.array(n_test.astype(np.int32)),
             "hits": pa.array(hits.sum(axis=1).astype(np.int32)),
-            **{name: pa.array(per_user[name]) for name in METRICS},
+            **{name: pa.array(values) for name, values in per_user.items()},
             "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(self.item_ids[top[valid_slot]])),
             "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(top_scores[valid_slot].astype(np.float32))),
             "node_id": pa.array([self.node_id] * batch.num_rows),
@@ -247,6 +272,8 @@ class ScoreOptions:
     gpus_per_actor: float = 0.0
     mask: str = "train"
     users: str | None = None
+    report: tuple[MetricAt, ...] | None = None
+    """Metrics beside P/R/NDCG/MRR@k in user_metrics/ and the summary; None: the run's own report metrics."""
     stall_timeout_s: float = 600.0
     """Fail when the job makes no progress this long, e.g. the actor of a lost node has nowhere to restart
     (waiting for the actors to start counts too)."""
@@ -257,23 +284,25 @@ class Tally:
     """Running sums over the scored batches: users, users with a test item, exact metric sums, nodes."""
 
     k: int
+    names: tuple[str, ...] = METRICS
+    """The per-user metric columns summed: P/R/NDCG/MRR at k, then the report metrics' labels."""
     users: int = 0
     evaluated: int = 0
-    sums: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
+    sums: dict[str, int] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
 
     def add(self, batch: pa.Table) -> None:
         with_test = batch["n_test"].to_numpy() > 0
         self.users += batch.num_rows
         self.evaluated += int(with_test.sum())
-        for name in METRICS:
-            self.sums[name] += exact_sum(batch[name].to_numpy()[with_test])
+        for name in self.names:
+            self.sums[name] = self.sums.get(name, 0) + exact_sum(batch[name].to_numpy()[with_test])
         self.nodes.update(batch["node_id"].unique().to_pylist())
 
     def summary(self) -> dict[str, Any]:
         """Means over users with at least one test item, and who was left out of them and why."""
         return {
-            **{name: exact_mean(self.sums[name], self.evaluated) for name in METRICS},
+            **{name: exact_mean(self.sums.get(name, 0), self.evaluated) for name in self.names},
             "k": self.k,
             "users_scored": self.users,
             "users_evaluated": self.evaluated,
@@ -400,6 +429,8 @@ def prepare_scoring(
     scored_model, meta = checkpoint_from_bytes(checkpoint_bytes, target.checkpoint, expect_items=split.n_items)
     check_same_split(meta, split.manifest["split_sha256"], target.checkpoint)
     rows = select_users(split, options.users)
+    if options.report is None:
+        options = dataclasses.replace(options, report=target.report_metrics())
     out = Location.of(options.out or f"{target.run.uri}/{SCORES_DIR}", "")
     lock, output = stage_output(out)
     return ScoringJob(options, target, split, rows, checkpoint_bytes, scored_model, meta.get("epoch"), output, lock)
@@ -433,6 +464,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
             "mask": options.mask,
             "threads": max(1, int(options.cpus_per_actor)),
             "device": "cuda" if options.gpus_per_actor > 0 else "cpu",
+            "report": options.report or (),
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",
@@ -440,12 +472,14 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor,
     )
-    tally = Tally(options.k)
+    report = tuple(metric.label for metric in options.report or ())
+    tally = Tally(options.k, (*METRICS, *report))
     progress = ScoringMetrics(staged.uri)
     writers: dict[str, pq.ParquetWriter] = {}
     try:
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for name, part in ((USER_METRICS_DIR, batch.select(list(USER_METRIC_COLUMNS))), (TOPK_DIR, explode_topk(batch))):
+            per_user = batch.select([*USER_METRIC_COLUMNS, *report])
+            for name, part in ((USER_METRICS_DIR, per_user), (TOPK_DIR, explode_topk(batch))):
                 if name not in writers:
                     staged.filesystem.create_dir(f"{staged.path}/{name}", recursive=True)
                     writers[name] = pq.ParquetWriter(f"{staged.path}/{name}/part-0.parquet", part.schema,

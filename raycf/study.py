@@ -13,8 +13,20 @@ Every key except `name`, `data` and `models` is optional, with the default shown
       rating_col: null          # ratings only
       min_rating: null          # number: keep ratings >= this (not with dataset: synthetic)
       synthetic: {}             # dataset: synthetic only: generate_synthetic keyword arguments
-      split: [0.6, 0.2, 0.2]    # train, valid, test: three numbers > 0 that sum to 1
-    metric: ndcg@5              # name@k, name one of precision | recall | ndcg | mrr (a bare name: k=5);
+      time_col: null            # ratings only: the column of each record's time (epoch seconds or ISO dates)
+      min_user_items: null      # int >= 1: keep users with at least this many records
+      min_item_users: null      # int >= 1: keep items with at least this many users
+      k_core: null              # int >= 1: users and items with >= k records, iterated to a fixpoint
+      scheme: records           # records | users | time (raycf/data/schemes.py)
+      heldout_users: null       # users: validation and as many test users, a count >= 1 or a fraction < 0.5
+      fold_in: 0.8              # users: share of each held-out user's items given as input, in (0, 1)
+      time_cuts: null           # time: [start of validation, start of test], dates or epoch seconds;
+                                # null: at the split fractions of the records in time order
+      split: [0.6, 0.2, 0.2]    # train, valid, test: three numbers > 0 that sum to 1 (records and time)
+    report_metrics: []          # more metrics every trial reports (e.g. [recall@20, recall@50, ndcg@100]);
+                                # they decide nothing
+    metric: ndcg@5              # name@k, name one of precision | recall | ndcg | mrr | hit_rate | map
+                                # (a bare name: k=5);
                                 # picks each trial's best epoch, its patience, ASHA and the leaderboard
     mode: max                   # max | min
     scheduler:
@@ -86,6 +98,7 @@ from raycf.config import MODEL_NAMES, TrainConfig
 from raycf.data.datasets import DATASETS
 from raycf.data.loaders import FORMATS
 from raycf.data.source import SYNTHETIC, DataSpec
+from raycf.data.split import SCHEMES
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import RaycfError
 from raycf.metrics import MODES, Selection
@@ -93,15 +106,16 @@ from raycf.metrics import MODES, Selection
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 DEFAULT_CHECKPOINT_EVERY = 10
 SCHEDULERS = ("asha", "fifo")
-TOP_KEYS = ("name", "seed", "data", "metric", "mode", "scheduler", "resources", "num_samples",
+TOP_KEYS = ("name", "seed", "data", "metric", "report_metrics", "mode", "scheduler", "resources", "num_samples",
             "max_concurrent", "max_failures", "checkpoint_every", "repeat_seeds", "models", "searcher",
             "select")
 SEARCHER_OPTIONS = {"random": (), "optuna": ("n_startup_trials",)}
 """Each searcher type and the keys it takes besides `type`."""
 DEFAULT_N_STARTUP_TRIALS = 5
 DATA_KEYS = ("dataset", "ratings", "format", "user_col", "item_col", "rating_col", "min_rating", "synthetic",
-             "split")
-RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col")
+             "time_col", "min_user_items", "min_item_users", "k_core", "scheme", "heldout_users", "fold_in",
+             "time_cuts", "split")
+RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col", "time_col")
 SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 MODEL_KEYS = ("fixed", "search")
@@ -209,11 +223,13 @@ class Study:
     searcher: SearcherSpec = SearcherSpec()
     select: SelectSpec | None = None
     """Robust selection after the search (None: each model's best trial wins)."""
+    report_metrics: tuple[str, ...] = ()
+    """Labels of the metrics every trial reports besides P/R/NDCG/MRR@5 and the study metric."""
 
     @property
     def selection(self) -> Selection:
-        """What "best" means in this study (metric at k, mode)."""
-        return Selection.parse(self.metric, self.mode)
+        """What "best" means in this study (metric at k, mode), and the metrics reported besides."""
+        return Selection.parse(self.metric, self.mode, ",".join(self.report_metrics))
 
     def param_space(self) -> dict[str, Any]:
         """{"trial": a grid over the models, each a TrainConfig dict with Tune domains inside}."""
@@ -410,7 +426,7 @@ def _data(value: Any, at: _At, directory: Path, check_ratings: bool) -> tuple[Da
                 raise (at / key).error("applies to a ratings file only; drop it or use ratings")
     else:
         ratings = (directory / Path(_text(data["ratings"], at / "ratings")).expanduser()).resolve()
-        if check_ratings and not ratings.is_file():
+        if check_ratings and not ratings.exists():
             raise (at / "ratings").error(
                 f"missing data: no file {ratings}; fix data.ratings (relative to the study file) "
                 "or pass --ratings PATH"
@@ -420,8 +436,9 @@ def _data(value: Any, at: _At, directory: Path, check_ratings: bool) -> tuple[Da
         for key in ("user_col", "item_col"):
             if key in data:
                 spec[key] = _text(data[key], at / key)
-        if data.get("rating_col") is not None:
-            spec["rating_col"] = _text(data["rating_col"], at / "rating_col")
+        for key in ("rating_col", "time_col"):
+            if data.get(key) is not None:
+                spec[key] = _text(data[key], at / key)
     if data.get("min_rating") is not None:
         if spec["dataset"] == SYNTHETIC:
             raise (at / "min_rating").error("synthetic data has no ratings; drop min_rating")
@@ -430,7 +447,37 @@ def _data(value: Any, at: _At, directory: Path, check_ratings: bool) -> tuple[Da
         if spec["dataset"] != SYNTHETIC:
             raise (at / "synthetic").error("applies to dataset: synthetic only")
         spec["synthetic"] = _synthetic(data["synthetic"], at / "synthetic")
+    for key in ("min_user_items", "min_item_users", "k_core"):
+        if data.get(key) is not None:
+            spec[key] = _int(data[key], at / key, 1)
+    spec.update(_scheme(data, at))
     return DataSpec(**spec), _fractions(data.get("split", [0.6, 0.2, 0.2]), at / "split")
+
+
+def _scheme(data: dict[str, Any], at: _At) -> dict[str, Any]:
+    """The split scheme and its own keys (heldout_users and fold_in: users; time_cuts: time)."""
+    scheme = _one_of(data.get("scheme", "records"), at / "scheme", SCHEMES)
+    own = {"users": ("heldout_users", "fold_in"), "time": ("time_cuts",), "records": ()}[scheme]
+    for key in ("heldout_users", "fold_in", "time_cuts"):
+        if key in data and key not in own:
+            raise (at / key).error(f"applies to scheme {'time' if key == 'time_cuts' else 'users'} only; drop it "
+                                   f"or set data.scheme")
+    spec: dict[str, Any] = {"scheme": scheme}
+    if scheme == "users":
+        if data.get("heldout_users") is None:
+            raise (at / "heldout_users").error("scheme users needs it: a count of users (e.g. 600) or a fraction")
+        spec["heldout_users"] = _positive(data["heldout_users"], at / "heldout_users")
+        fold_in = _number(data.get("fold_in", 0.8), at / "fold_in")
+        if not 0 < fold_in < 1:
+            raise (at / "fold_in").error(f"must be in (0, 1), got {fold_in!r}; e.g. 0.8")
+        spec["fold_in"] = fold_in
+    if data.get("time_cuts") is not None:
+        cuts = data["time_cuts"]
+        if not isinstance(cuts, list) or len(cuts) != 2:
+            raise (at / "time_cuts").error(f"must be two dates or epoch seconds, e.g. [2002-01-01, 2002-07-01], "
+                                           f"got {cuts!r}")
+        spec["time_cuts"] = tuple(str(cut) for cut in cuts)
+    return spec
 
 
 def _synthetic(value: Any, at: _At) -> dict[str, Any]:
@@ -608,6 +655,7 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         repeat_seeds=_seeds(raw.get("repeat_seeds", []), at / "repeat_seeds"),
         searcher=_searcher(raw.get("searcher"), at / "searcher", raw["models"], at / "models"),
         select=None if raw.get("select") is None else _select(raw["select"], at / "select"),
+        report_metrics=_report_metrics(raw.get("report_metrics", []), at / "report_metrics"),
     )
 
 
@@ -617,6 +665,13 @@ def _metric(value: Any, at: _At) -> str:
         return Selection.parse(value).label
     except ValueError as error:
         raise at.error(str(error)) from None
+
+
+def _report_metrics(value: Any, at: _At) -> tuple[str, ...]:
+    """A list of metrics (`[recall@20, ndcg@100]`) -> their labels."""
+    if not isinstance(value, list):
+        raise at.error(f"must be a list of metrics like [recall@20, ndcg@100], got {value!r}")
+    return tuple(dict.fromkeys(_metric(metric, at[i]) for i, metric in enumerate(value)))
 
 
 def _searcher(value: Any, at: _At, models: dict[str, Any], models_at: _At) -> SearcherSpec:
@@ -682,7 +737,7 @@ def apply_overrides(
                                    ratings=None)
     if ratings is not None:
         path = Path(ratings).expanduser().resolve()
-        if not path.is_file():
+        if not path.exists():
             raise RaycfError(f"--ratings: missing data: no file {path}; pass an existing --ratings PATH")
         data = dataclasses.replace(data, dataset=None, ratings=str(path), synthetic={})
     counts = {"seed": (seed, 0), "num_samples": (num_samples, 1), "max_concurrent": (max_concurrent, 1),

@@ -18,7 +18,7 @@ from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
 from raycf.errors import RaycfError
-from raycf.evaluate import evaluate_model, summarize
+from raycf.evaluate import evaluate_metrics, summarize
 from raycf.memory import check_fit_memory
 from raycf.metrics import MASK_PROTOCOLS, METRICS, REPORT_K, Selection, standard_error
 from raycf.models import (
@@ -107,7 +107,8 @@ class Trainer:
             self.model.fit_iteration(self.split.train, self.epoch)
             self.epoch += 1
             return float("nan")
-        order = torch.randperm(self.split.n_users, generator=self.generator).numpy()
+        users = self.split.train_users  # every user, but the held-out ones of the `users` scheme
+        order = users[torch.randperm(len(users), generator=self.generator).numpy()]
         losses = []
         for start in range(0, len(order), self.config.batch_size):
             batch = SparseBatch.from_csr(self.split.train[order[start : start + self.config.batch_size]], self.device)
@@ -121,14 +122,12 @@ class Trainer:
         return float(np.mean(losses))
 
     def validate(self) -> dict[str, float]:
-        """Validation P/R/NDCG/MRR at REPORT_K, the selection metric when it is at another k, and the selection
-        metric's per-user standard error (`<field>_se`)."""
-        per_user = evaluate_model(self.model, self.split, "valid", k=K)
+        """Validation means of the selection's metrics (P/R/NDCG/MRR at REPORT_K, the selection metric, the
+        report metrics; one ranking at the largest k), and the selection metric's per-user standard error
+        (`<field>_se`)."""
+        per_user = evaluate_metrics(self.model, self.split, "valid", self.selection.metrics)
         valid = summarize(per_user)
-        if self.selection.k != K:
-            per_user = evaluate_model(self.model, self.split, "valid", k=self.selection.k)
-            valid[self.selection.field] = summarize(per_user)[self.selection.name]
-        valid[f"{self.selection.field}_se"] = standard_error(per_user[self.selection.name])
+        valid[f"{self.selection.field}_se"] = standard_error(per_user[self.selection.field])
         return valid
 
     def run_epoch(self) -> EpochReport:
@@ -255,19 +254,21 @@ def run_training(
     check_fit_memory(config, split.n_users, split.n_items, f"--model {config.model}")
     on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report, selection)))
     result = train(split, config, on_epoch=on_epoch, device=device, selection=selection)
-    test = summarize(evaluate_model(result.model, split, "test", mask=mask, k=K))
+    test = summarize(evaluate_metrics(result.model, split, "test", selection.metrics, mask=mask))
     metrics = {
         "model": config.model,
         "config": config.to_dict(),
         "k": K,
         "mask": mask,
-        "selection": {"metric": selection.label, "mode": selection.mode},
+        "selection": {"metric": selection.label, "mode": selection.mode,
+                      "report_metrics": [metric.label for metric in selection.report]},
         "valid": result.best_valid,
         "test": test,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "seconds": round(result.seconds, 3),
         "dataset": split.manifest["source"],
+        "scheme": split.scheme,
         "split_sha256": split.manifest["split_sha256"],
     }
     try:
@@ -292,12 +293,14 @@ def run_training(
 def format_summary(metrics: dict[str, Any], out: str | Path) -> str:
     """A few lines: the run, its best epoch, and validation and test metrics at k."""
     k = metrics["k"]
+    fields = [*METRICS, *(name for name in metrics["test"] if "@" in name)]  # then the other k's, e.g. recall@20
     lines = [
         (f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
          f" ({metrics['seconds']:.1f}s)"),
-        f"{'':6s}" + "".join(f"{name + '@' + str(k):>12s}" for name in METRICS),
+        f"{'':6s}" + "".join(f"{name if '@' in name else name + '@' + str(k):>13s}" for name in fields),
     ]
     for part in ("valid", "test"):
-        lines.append(f"{part:6s}" + "".join(f"{metrics[part][name]:12.4f}" for name in METRICS))
-    lines.append(f"test ranks exclude {metrics['mask']} items; outputs in {out}")
+        lines.append(f"{part:6s}" + "".join(f"{metrics[part][name]:13.4f}" for name in fields))
+    given = "fold-in" if metrics.get("scheme") == "users" else metrics["mask"]
+    lines.append(f"test ranks exclude {given} items; outputs in {out}")
     return "\n".join(lines)

@@ -52,7 +52,7 @@ TIME_ATTR = "epoch"
 
 def selection_of(facts: dict[str, Any]) -> Selection:
     """The study's Selection from study.json's facts (a bare `ndcg` in older runs means ndcg@5)."""
-    return Selection.parse(facts["metric"], facts["mode"])
+    return Selection.parse(facts["metric"], facts["mode"], ",".join(facts.get("report_metrics", [])))
 
 
 def write_trial_checkpoint(trainer: Trainer, directory: Path) -> None:
@@ -233,6 +233,7 @@ def study_facts(study: Study) -> dict[str, Any]:
         "data": study.data.describe(),
         "fractions": list(study.fractions),
         "metric": study.metric,
+        "report_metrics": list(study.report_metrics),
         "mode": study.mode,
         "scheduler": study.scheduler.type,
         "max_t": study.scheduler.max_t,

@@ -60,6 +60,11 @@ def train(text: str | bytes | None, *options: str) -> Args:
     return args
 
 
+def synthetic(*options: str) -> Args:
+    """`raycf train` of popularity on the built-in synthetic data (2,000 users, no timestamps)."""
+    return lambda tmp: ["train", "--model", "pop", "--dataset", "synthetic", *options, "--out", str(tmp / "out")]
+
+
 def tune(study: str | None, *options: str) -> Args:
     """`raycf tune` on a study file s.yaml holding `study` (None: no file)."""
 
@@ -199,6 +204,23 @@ CASES = [
          "s.yaml: models.pop.fixed.l2: l2 is not a hyperparameter of pop (pop takes no hyperparameters)", "remove it"),
     case("study-ease-lambda-negative", tune(STUDY + "models:\n  ease: {search: {l2: {grid: [-1.0, 10.0]}}}\n"),
          "s.yaml: models.ease.search.l2.grid[0]: l2 must be > 0 for ease", "got -1.0"),
+    # protocols: split schemes, filters and metrics that cannot apply
+    case("cli-time-split-without-timestamps", synthetic("--scheme", "time"),
+         "the time scheme needs a timestamp per record", "name the column with --time-col"),
+    case("cli-more-held-out-users-than-exist", synthetic("--scheme", "users", "--heldout-users", "5000"),
+         "5,000 validation + 5,000 test users held out of 2,000 users", "hold out fewer users"),
+    case("cli-fold-in-outside-0-1", synthetic("--scheme", "users", "--heldout-users", "100", "--fold-in", "1.5"),
+         "fold_in must be in (0, 1), got 1.5", "e.g. --fold-in 0.8"),
+    case("cli-k-core-leaves-nothing", synthetic("--k-core", "100000"), "--k-core 100000", "lower it"),
+    case("cli-unknown-metric", synthetic("--metric", "auc@5"), "unknown metric 'auc@5'",
+         "name one of precision, recall, ndcg, mrr, hit_rate, map"),
+    case("cli-report-metric-k-below-1", synthetic("--report-metrics", "recall@20,ndcg@0"), "metric 'ndcg@0'",
+         "k must be an integer >= 1"),
+    case("study-users-scheme-without-held-out-users", tune("name: s\ndata: {dataset: synthetic, scheme: users}\n"
+                                                           + MULTVAE), "s.yaml: data.heldout_users",
+         "scheme users needs it"),
+    case("study-unknown-report-metric", tune(STUDY + MULTVAE + "report_metrics: [recall@20, auc]\n"),
+         "s.yaml: report_metrics[1]: unknown metric 'auc'", "use name@k"),
     case("cli-missing-study-file", tune(None), "s.yaml: no such study file", "check the path"),
     case("cli-missing-run-dir", command("score", "{tmp}/nowhere"), "nowhere: not a run directory",
          "expected best.json (raycf tune)", scores=True),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import socket
 import threading
 import time
@@ -21,8 +22,9 @@ RATINGS = [(1, 10, 4), (1, 20, 2), (2, 10, 5), (3, 30, 1)]
 
 def _zip_bytes(name: str) -> bytes:
     info = DATASETS[name]
-    sep = "::" if info.fmt == "movielens" else "\t"
-    text = "".join(f"{u}{sep}{i}{sep}{r}{sep}978300760\n" for u, i, r in RATINGS)
+    sep = {"movielens": "::", "ml-100k": "\t", "ml-20m": ","}[info.fmt]
+    header = "userId,movieId,rating,timestamp\n" if info.fmt == "ml-20m" else ""
+    text = header + "".join(f"{u}{sep}{i}{sep}{r}{sep}978300760\n" for u, i, r in RATINGS)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(info.member, text)
@@ -103,7 +105,8 @@ def test_download_is_cached_and_loads(server, tmp_path, name):
     assert fetch_dataset(name, home=tmp_path, url=url, md5=md5) == path
     frame = load_dataset(name, home=tmp_path, url=url, md5=md5)
     assert server.requests == 1
-    assert frame.values.tolist() == [[u, i, float(r)] for u, i, r in RATINGS]
+    assert list(frame.columns) == ["user_id", "item_id", "rating", "timestamp"]
+    assert frame.values.tolist() == [[u, i, float(r), 978300760] for u, i, r in RATINGS]
 
 
 def test_corrupted_download_leaves_nothing(server, tmp_path):
@@ -150,7 +153,7 @@ def test_refused_connection_fails_at_once(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
-    with pytest.raises(DataError, match="ml-1m, ml-100k, synthetic"):
+    with pytest.raises(DataError, match="ml-1m, ml-100k, ml-10m, ml-20m, synthetic"):
         fetch_dataset("netflix", home=tmp_path)
 
 
@@ -172,5 +175,77 @@ def test_default_home_is_the_data_home(server, monkeypatch, tmp_path):
 
 def test_registry_is_consistent():
     for name, info in DATASETS.items():
-        assert info.url.endswith(f"/{info.zip_name}") and info.zip_name == f"{name}.zip"
-        assert info.member.startswith(f"{name}/") and len(info.md5) == 32
+        assert info.url == f"https://files.grouplens.org/datasets/movielens/{info.zip_name}"
+        assert info.zip_name == f"{name}.zip" and len(info.md5) == 32 and int(info.md5, 16) >= 0
+        folder = "ml-10M100K" if name == "ml-10m" else name
+        assert info.member.startswith(f"{folder}/")
+    assert {name: DATASETS[name].md5 for name in ("ml-10m", "ml-20m")} == {
+        "ml-10m": "ce571fd55effeba0271552578f2648bd",
+        "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
+    }
+
+
+# ML-10M and ML-20M from the cache alone (no network): fake zips with the official layouts, checked
+# against their own md5.
+ML10M_DAT = "1::122::5::838985046\n1::185::4.5::838983525\n2::122::3.5::868245777\n2::292::1::868244562\n"
+ML20M_CSV = (
+    "userId,movieId,rating,timestamp\n"
+    "1,2,3.5,1112486027\n1,29,3.5,1112484676\n2,2,4.0,974820889\n1,2,5.0,1112480000\n3,29,0.5,974820691\n"
+)
+CACHED = {
+    "ml-10m": ("ml-10M100K/ratings.dat", ML10M_DAT, [
+        [1, 122, 5.0, 838985046], [1, 185, 4.5, 838983525], [2, 122, 3.5, 868245777], [2, 292, 1.0, 868244562],
+    ]),
+    "ml-20m": ("ml-20m/ratings.csv", ML20M_CSV, [  # (1, 2) twice: max rating 5.0 and earliest time kept
+        [1, 2, 5.0, 1112480000], [1, 29, 3.5, 1112484676], [2, 2, 4.0, 974820889], [3, 29, 0.5, 974820691],
+    ]),
+}
+
+
+def _cached_zip(home: Path, name: str, files: dict[str, str]) -> str:
+    home.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    (home / f"{name}.zip").write_bytes(buffer.getvalue())
+    return _md5(buffer.getvalue())
+
+
+@pytest.mark.parametrize("name", ["ml-10m", "ml-20m"])
+def test_large_movielens_from_the_cache(monkeypatch, tmp_path, name):
+    member, text, rows = CACHED[name]
+    folder = member.split("/")[0]
+    home = tmp_path / "cache"
+    md5 = _cached_zip(home, name, {member: text, f"{folder}/movies.dat": "1::Toy Story (1995)::Comedy\n",
+                                   f"{folder}/tags.csv": "userId,movieId,tag,timestamp\n"})
+    monkeypatch.setenv("RAYCF_DATA_HOME", str(home))
+    url = "http://127.0.0.1:9/never-fetched.zip"  # a cached zip is never downloaded again
+    frame = load_dataset(name, url=url, md5=md5)
+    assert list(frame.columns) == ["user_id", "item_id", "rating", "timestamp"]
+    assert frame.values.tolist() == rows
+    assert [str(t) for t in frame.dtypes] == ["int64", "int64", "float64", "int64"]
+
+
+@pytest.mark.parametrize("name", ["ml-10m", "ml-20m"])
+def test_large_movielens_offline_and_corrupted(monkeypatch, tmp_path, name):
+    monkeypatch.setenv("RAYCF_DATA_HOME", str(tmp_path))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/{name}.zip"
+    with pytest.raises(DataError, match=rf"^cannot download {re.escape(url)} \(.*\); offline\? pass --ratings PATH, "
+                                        rf"or put {name}\.zip into {re.escape(str(tmp_path))}$"):
+        load_dataset(name, url=url, timeout=2.0)
+    _cached_zip(tmp_path, name, {CACHED[name][0]: CACHED[name][1]})
+    cached = re.escape(str(tmp_path / name))
+    with pytest.raises(DataError, match=rf"^cached {cached}\.zip is corrupted \(md5 [0-9a-f]{{32}}, "
+                                        rf"expected {DATASETS[name].md5}\); delete it"):
+        load_dataset(name, url=url)
+
+
+def test_ml20m_zip_with_a_bad_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYCF_DATA_HOME", str(tmp_path))
+    md5 = _cached_zip(tmp_path, "ml-20m", {"ml-20m/ratings.csv": ML20M_CSV + "4,2,4.0,when\n"})
+    with pytest.raises(DataError, match=r"ml-20m.zip:ml-20m/ratings.csv line 7: timestamp 'when' is not integer"):
+        load_dataset("ml-20m", md5=md5)

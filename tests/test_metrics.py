@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,14 +11,20 @@ import scipy.sparse as sp
 import torch
 
 from raycf.metrics import (
+    ALL_METRICS,
     MASK_PROTOCOLS,
     METRICS,
+    REPORT_K,
+    MetricAt,
+    Selection,
     evaluate,
     exact_mean,
     exact_sum,
     hits_at_k,
     known_items,
     mean_metrics,
+    metrics_at,
+    parse_metric_list,
     top_k,
     user_metrics,
 )
@@ -70,6 +77,12 @@ EXPECTED = {
     "ndcg": [1.5 / (1 + 1 / LOG2_3), 0.5, math.nan, 1 / LOG2_3],
     # first hit at rank 1, 3, -, 2.
     "mrr": [1.0, 1 / 3, math.nan, 0.5],
+}
+EXPECTED_MORE = {
+    # a hit in the top 3 for every user with a held-out item.
+    "hit_rate": [1.0, 1.0, math.nan, 1.0],
+    # u0: (1/1 + 2/3) / min(2, 3); u1: (1/3) / 1; u3: (1/2) / 1.
+    "map": [(1 + 2 / 3) / 2, 1 / 3, math.nan, 0.5],
 }
 
 
@@ -174,6 +187,120 @@ def test_user_metrics_shape_mismatch() -> None:
         user_metrics(np.zeros((2, 3), bool), np.array([1, 1]), 4)
 
 
+def test_user_metrics_all_six_on_the_tiny_example() -> None:
+    per_user = user_metrics(np.array(EXPECTED_HITS), np.array([2, 1, 0, 1]), K, ALL_METRICS)
+    assert list(per_user) == list(ALL_METRICS)
+    for name, expected in {**EXPECTED, **EXPECTED_MORE}.items():
+        assert per_user[name].dtype == np.float64
+        np.testing.assert_allclose(per_user[name], expected, rtol=1e-12)
+    only = user_metrics(np.array(EXPECTED_HITS), np.array([2, 1, 0, 1]), K, ("map", "recall"))
+    assert list(only) == ["map", "recall"]
+
+
+def test_map_and_hit_rate_hand_worked_for_one_user() -> None:
+    # Ranks 1..5 hit at 2, 4, 5; 4 held-out items.
+    hits = np.array([[False, True, False, True, True]])
+    names = ("hit_rate", "map")
+    # @5: AP = (1/2 + 2/4 + 3/5) / min(4, 5) = 1.6 / 4.
+    at5 = user_metrics(hits, np.array([4]), 5, names)
+    assert at5["hit_rate"][0] == 1.0 and at5["map"][0] == pytest.approx(0.4, rel=1e-12)
+    # @3: hit at 2 only, AP = (1/2) / min(4, 3).
+    at3 = user_metrics(hits[:, :3], np.array([4]), 3, names)
+    assert at3["hit_rate"][0] == 1.0 and at3["map"][0] == pytest.approx(1 / 6, rel=1e-12)
+    # @1: no hit.
+    at1 = user_metrics(hits[:, :1], np.array([4]), 1, names)
+    assert at1["hit_rate"][0] == 0.0 and at1["map"][0] == 0.0
+    # 2 held-out items, both found at 2 and 4: (1/2 + 2/4) / min(2, 5).
+    two = np.array([[False, True, False, True, False]])
+    assert user_metrics(two, np.array([2]), 5, names)["map"][0] == pytest.approx(0.5, rel=1e-12)
+    # Nothing held out: NaN.
+    assert all(np.isnan(v[0]) for v in user_metrics(np.zeros((1, 5), bool), np.array([0]), 5, names).values())
+
+
+def test_user_metrics_unknown_name() -> None:
+    with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]; expected names from precision, .*, map"):
+        user_metrics(np.zeros((1, 2), bool), np.array([1]), 2, ("ndcg", "auc"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("recall@20", MetricAt("recall", 20)), ("map", MetricAt("map", REPORT_K)), (" hit_rate@1 ", MetricAt("hit_rate", 1)),
+    ("ndcg@100", MetricAt("ndcg", 100)), ("precision@007", MetricAt("precision", 7)), ("mrr", MetricAt("mrr", REPORT_K)),
+])
+def test_metric_at_parse_and_label(text: str, expected: MetricAt) -> None:
+    assert MetricAt.parse(text) == expected
+    assert expected.label == f"{expected.name}@{expected.k}"
+    assert MetricAt.parse(expected.label) == expected
+    assert MetricAt.parse("recall@20").label == "recall@20"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("foo@5", "unknown metric 'foo@5'; use name@k with name one of precision, recall, ndcg, mrr, hit_rate, map "
+              "(e.g. recall@20)"),
+    ("", "unknown metric ''; use name@k"),
+    ("Recall@5", "unknown metric 'Recall@5'"),
+    ("recall @5", "unknown metric 'recall @5'"),
+    ("ndcg@0", "metric 'ndcg@0': k must be an integer >= 1 (e.g. ndcg@10)"),
+    ("ndcg@", "metric 'ndcg@': k must be an integer >= 1"),
+    ("map@-1", "metric 'map@-1': k must be an integer >= 1"),
+    ("map@2.5", "metric 'map@2.5': k must be an integer >= 1"),
+    ("map@x", "metric 'map@x': k must be an integer >= 1"),
+    ("map@\u00b2", "k must be an integer >= 1"),
+    ("recall@20@5", "metric 'recall@20@5': k must be an integer >= 1"),
+])
+def test_metric_at_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        MetricAt.parse(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_parse_metric_list() -> None:
+    assert parse_metric_list("recall@20,recall@50,ndcg@100") == (
+        MetricAt("recall", 20), MetricAt("recall", 50), MetricAt("ndcg", 100))
+    # Whitespace tolerated, duplicates (a bare name is name@REPORT_K) dropped keeping the first.
+    assert parse_metric_list(" map@10 , recall ,map@10, recall@5,hit_rate@1 ") == (
+        MetricAt("map", 10), MetricAt("recall", 5), MetricAt("hit_rate", 1))
+    assert parse_metric_list("") == () and parse_metric_list("   ") == ()
+    with pytest.raises(ValueError, match=re.escape("unknown metric 'auc@5'; use name@k")):
+        parse_metric_list("recall@20, auc@5")
+    with pytest.raises(ValueError, match=re.escape("metric 'ndcg@0': k must be an integer >= 1")):
+        parse_metric_list("ndcg@0")
+
+
+def test_selection_accepts_every_metric() -> None:
+    assert Selection.parse("map@10") == Selection("map", 10)
+    assert Selection.parse("hit_rate", "min") == Selection("hit_rate", REPORT_K, "min")
+    assert Selection.parse("map@10").key == "valid_map@10"
+    with pytest.raises(ValueError, match=re.escape("unknown metric 'auc'; use name@k with name one of "
+                                                   + ", ".join(ALL_METRICS))):
+        Selection.parse("auc")
+    with pytest.raises(ValueError, match=re.escape("mode must be one of max, min, got 'up'")):
+        Selection.parse("map", "up")
+
+
+def test_metrics_at_on_the_tiny_example() -> None:
+    hits = np.array(EXPECTED_HITS)
+    n_heldout = np.array([2, 1, 0, 1])
+    wanted = parse_metric_list("map@3,recall@1,hit_rate@3,ndcg@2,map@3")
+    out = metrics_at(hits, n_heldout, wanted)
+    assert list(out) == ["map@3", "recall@1", "hit_rate@3", "ndcg@2"]
+    np.testing.assert_allclose(out["map@3"], EXPECTED_MORE["map"], rtol=1e-12)
+    np.testing.assert_allclose(out["hit_rate@3"], EXPECTED_MORE["hit_rate"], rtol=1e-12)
+    # @1: only u0's first item is a hit (1 of its 2).  @2: u0 DCG 1, IDCG 1 + 1/log2(3); u3 1/log2(3).
+    np.testing.assert_allclose(out["recall@1"], [0.5, 0.0, math.nan, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(out["ndcg@2"], [1 / (1 + 1 / LOG2_3), 0.0, math.nan, 1 / LOG2_3], rtol=1e-12)
+    assert metrics_at(hits, n_heldout, ()) == {}
+
+
+def test_metrics_at_refuses_k_beyond_the_ranking() -> None:
+    hits, n_heldout = np.array(EXPECTED_HITS), np.array([2, 1, 0, 1])
+    with pytest.raises(ValueError, match=re.escape("recall@4, map@9: k must be between 1 and 3")):
+        metrics_at(hits, n_heldout, parse_metric_list("recall@3,recall@4,map@9"))
+    with pytest.raises(ValueError, match=re.escape("ndcg@0: k must be between 1 and 3")):
+        metrics_at(hits, n_heldout, [MetricAt("ndcg", 0)])
+    with pytest.raises(ValueError, match=re.escape("ranked_hits must be 2-D")):
+        metrics_at(hits[0], n_heldout, [MetricAt("ndcg", 1)])
+
+
 def test_mean_metrics_excludes_users_without_held_out() -> None:
     means = mean_metrics(
         user_metrics(np.array(EXPECTED_HITS), np.array([2, 1, 0, 1]), K)
@@ -219,6 +346,7 @@ def test_evaluate_matches_hand_values(batch_size: int) -> None:
         np.testing.assert_allclose(out[name], EXPECTED[name], rtol=1e-12)
     assert out["n_heldout"].tolist() == [2, 1, 0, 1]
     assert out["hits"].tolist() == [2, 1, 0, 1]
+    assert out["ranked_hits"].dtype == np.bool_ and out["ranked_hits"].tolist() == EXPECTED_HITS
     # User 2 has no held-out item and is never scored.
     assert sorted(u for batch in calls for u in batch) == [0, 1, 3]
     assert all(len(batch) <= batch_size for batch in calls)
@@ -351,3 +479,71 @@ def test_random_cross_check_against_reference(seed: int, k: int) -> None:
     assert means["users"] == sum(1 for h in heldout_sets if h)
     for name in METRICS:
         assert means[name] == pytest.approx(ref_mean[name], rel=1e-12)
+
+
+def brute_force(
+    scores: np.ndarray, known: list[set[int]], heldout: list[set[int]], k: int
+) -> dict[str, list[float]]:
+    """All six metrics at k, one user at a time: rank candidates by score, ties to the lower index."""
+    out: dict[str, list[float]] = {name: [] for name in ALL_METRICS}
+    for s, kn, ho in zip(scores, known, heldout):
+        if not ho:
+            for name in ALL_METRICS:
+                out[name].append(math.nan)
+            continue
+        candidates = [j for j in range(len(s)) if j not in kn]
+        ranking = sorted(candidates, key=lambda j: (-s[j], j))[:k]
+        is_hit = [j in ho for j in ranking]
+        n_hits = sum(is_hit)
+        first = is_hit.index(True) + 1 if n_hits else None
+        dcg = sum(1 / math.log2(rank + 1) for rank, hit in enumerate(is_hit, 1) if hit)
+        idcg = sum(1 / math.log2(rank + 1) for rank in range(1, min(k, len(ho)) + 1))
+        ap = sum(sum(is_hit[:rank]) / rank for rank, hit in enumerate(is_hit, 1) if hit)
+        out["precision"].append(n_hits / k)
+        out["recall"].append(n_hits / len(ho))
+        out["ndcg"].append(dcg / idcg)
+        out["mrr"].append(1 / first if first else 0.0)
+        out["hit_rate"].append(1.0 if n_hits else 0.0)
+        out["map"].append(ap / min(len(ho), k))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_metric_at_every_k_from_one_ranking(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n_users, n_items = 50, 15
+    # One-decimal scores (many ties), a few -inf candidates; known density 0..0.95, so many users have fewer
+    # candidates than the larger k, some none; every 6th user has nothing held out.
+    scores = np.round(rng.random((n_users, n_items)), 1).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.05] = -INF
+    known_dense = rng.random((n_users, n_items)) < rng.random((n_users, 1)) * 0.95
+    heldout_dense = (~known_dense) & (rng.random((n_users, n_items)) < 0.3)
+    heldout_dense[::6] = False
+    known = sp.csr_matrix(known_dense.astype(np.float32))
+    heldout = sp.csr_matrix(heldout_dense.astype(np.float32))
+    known_sets = [set(np.flatnonzero(row)) for row in known_dense]
+    heldout_sets = [set(np.flatnonzero(row)) for row in heldout_dense]
+    ks = (1, 2, 3, 5, 10, 14, 20)  # 20 > n_items
+    big_k = max(ks)
+
+    def score_fn(users: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(scores[users])
+
+    full = evaluate(score_fn, known, heldout, k=big_k, batch_size=16)
+    ranked_hits = full["ranked_hits"]
+    assert ranked_hits.shape == (n_users, big_k) and ranked_hits.dtype == np.bool_
+    assert not ranked_hits[~heldout_dense.any(axis=1)].any()
+    n_heldout = full["n_heldout"]
+    wanted = [MetricAt(name, k) for k in ks for name in ALL_METRICS]
+    got = metrics_at(ranked_hits, n_heldout, wanted)
+    assert list(got) == [metric.label for metric in wanted]
+    for k in ks:
+        expected = brute_force(scores, known_sets, heldout_sets, k)
+        for name in ALL_METRICS:
+            np.testing.assert_allclose(got[f"{name}@{k}"], expected[name], rtol=1e-12, atol=0, err_msg=f"{name}@{k}")
+        # The same as evaluating at k itself, bit for bit.
+        at_k = evaluate(score_fn, known, heldout, k=k, batch_size=7)
+        np.testing.assert_array_equal(at_k["ranked_hits"], ranked_hits[:, :k])
+        for name in METRICS:
+            np.testing.assert_array_equal(at_k[name], got[f"{name}@{k}"])
+        assert at_k["hits"].tolist() == ranked_hits[:, :k].sum(axis=1).tolist()

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ml1m_path
 
 from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
-from raycf.data.split import Split
+from raycf.data.split import Split, load_split, save_split
 from raycf.evaluate import evaluate_model, summarize
+from raycf.study import apply_overrides, load_study
 from raycf.train import train
 
 pytestmark = pytest.mark.skipif(not ml1m_path().is_file(),
@@ -74,3 +76,24 @@ def test_closed_form_baselines_give_the_pinned_seed_0_figures(ml1m_split: Split,
     assert (result.epochs_run, result.best_epoch, test["users"]) == (1, 1, 6033)
     for name, value in pinned.items():
         assert test[name] == pytest.approx(value, abs=tolerance), name
+
+
+def test_strong_generalization_split_holds_out_whole_users(tmp_path: Path) -> None:
+    """studies/ml1m-strong.yaml's seed-0 split, persisted and read back: no held-out user has a train record,
+    each folds in 80% of its items; the counts are pinned."""
+    study = apply_overrides(load_study(Path(__file__).resolve().parents[1] / "studies" / "ml1m-strong.yaml",
+                                       check_ratings=False), ratings=str(ml1m_path()))
+    save_split(prepare_split(study.data, study.fractions, study.seed), tmp_path / "split")
+    split = load_split(tmp_path / "split")
+    manifest = split.manifest
+    assert (manifest["scheme"], manifest["heldout_users"], manifest["fold_in"]) == ("users", 600, 0.8)
+    assert manifest["filters"]["after"] == {"records": 575_272, "users": 6_034, "items": 3_533}
+    assert manifest["counts"] == {"train": 461_580, "valid": 10_897, "valid_fold_in": 44_706, "test": 11_368,
+                                  "test_fold_in": 46_670}
+    assert manifest["dropped"] == {"valid": 23, "test": 28} and (split.n_users, split.n_items) == (6_034, 3_491)
+    held_out = np.flatnonzero(np.diff((split.valid + split.valid_fold_in + split.test + split.test_fold_in).indptr))
+    assert len(held_out) == 1_200 and split.train[held_out].nnz == 0
+    assert not set(held_out) & set(split.train_users) and len(split.train_users) == 6_034 - 1_200
+    folded, predicted = split.test_fold_in[held_out].sum(axis=1).A1, split.test[held_out].sum(axis=1).A1
+    tested = (folded + predicted) > 0
+    assert (predicted[tested] == np.floor(0.2 * (folded + predicted)[tested] + 1e-9)).all()

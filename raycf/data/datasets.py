@@ -1,4 +1,7 @@
-"""Named MovieLens datasets: where they come from and a checked download cache."""
+"""Named MovieLens datasets: where they come from and a checked download cache.
+
+Every dataset's frame has user_id, item_id, rating and timestamp (int64 seconds since the epoch, UTC).
+"""
 
 from __future__ import annotations
 
@@ -43,6 +46,25 @@ DATASETS = {
         zip_name="ml-100k.zip",
         member="ml-100k/u.data",
         fmt="ml-100k",
+    ),
+    # The md5 values of ml-10m and ml-20m are those of GroupLens' sidecar files next to the zips
+    # (https://files.grouplens.org/datasets/movielens/ml-10m.zip.md5 and .../ml-20m.zip.md5), as
+    # quoted by several public projects that verify their downloads with them (e.g.
+    # eli-osherovich/papers_with_code datasets/movielens/dl_config.py, which has the same ml-1m and
+    # ml-100k values as above). They could not be fetched from here: no network.
+    "ml-10m": DatasetInfo(
+        url="https://files.grouplens.org/datasets/movielens/ml-10m.zip",
+        md5="ce571fd55effeba0271552578f2648bd",
+        zip_name="ml-10m.zip",
+        member="ml-10M100K/ratings.dat",  # the zip's folder is not named after the zip
+        fmt="movielens",
+    ),
+    "ml-20m": DatasetInfo(
+        url="https://files.grouplens.org/datasets/movielens/ml-20m.zip",
+        md5="cd245b17a1ae2cc31bb14903e1204af3",
+        zip_name="ml-20m.zip",
+        member="ml-20m/ratings.csv",
+        fmt="ml-20m",
     ),
 }
 

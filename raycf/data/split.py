@@ -1,4 +1,6 @@
-"""A seeded random split of interaction records into train/valid/test matrices, saved as Parquet."""
+"""A split of interaction records into train / validation / test matrices (and the fold-in inputs of held-out
+users), saved as Parquet; the seeded random split of the records (scheme `records`) is made here, the other
+schemes in raycf.data.schemes."""
 
 from __future__ import annotations
 
@@ -24,13 +26,22 @@ from raycf.errors import DataError
 FORMAT_VERSION = 2
 """2: split_sha256 hashes the split's content (`content_sha256`); 1: it hashed the Parquet files' bytes."""
 PARTS = ("train", "valid", "test")
+FOLD_IN_PARTS = ("valid_fold_in", "test_fold_in")
+"""The `users` scheme's inputs of held-out users: given to the model, never predicted."""
+SCHEMES = ("records", "users", "time")
 MANIFEST = "manifest.json"
 CONTENT_HEADER = b"raycf-split-content/1"
 
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """User x item 0/1 matrices; rows follow `user_ids`, columns follow `item_ids` (train items)."""
+    """User x item 0/1 matrices; rows follow `user_ids`, columns follow `item_ids` (train items).
+
+    `valid` and `test` hold the items to predict. What a model is given as a user's input depends on the
+    scheme (`manifest["scheme"]`): `records`, the user's train row; `users`, the held-out user's fold-in
+    items (`valid_fold_in`, `test_fold_in`; held-out users have no train row); `time`, the user's items
+    before the part's cut (train, and validation items for test).
+    """
 
     train: sp.csr_matrix
     valid: sp.csr_matrix
@@ -38,6 +49,8 @@ class Split:
     user_ids: np.ndarray
     item_ids: np.ndarray
     manifest: dict[str, Any]
+    valid_fold_in: sp.csr_matrix | None = None
+    test_fold_in: sp.csr_matrix | None = None
 
     @property
     def n_users(self) -> int:
@@ -47,6 +60,51 @@ class Split:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def scheme(self) -> str:
+        return self.manifest.get("scheme", "records")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The matrices this split holds (and saves): train, valid, test, and the fold-in inputs if any."""
+        return (*PARTS, *FOLD_IN_PARTS) if self.valid_fold_in is not None else PARTS
+
+    def matrices(self) -> dict[str, sp.csr_matrix]:
+        return {name: getattr(self, name) for name in self.parts}
+
+    def inputs(self, part: str) -> sp.csr_matrix:
+        """Every user's input when ranking for `part`: "valid", "test", or "score" (what `raycf score` gives
+        each user: everything known before the test part except validation targets)."""
+        if part not in ("valid", "test", "score"):
+            raise ValueError(f"part must be valid, test or score, got {part!r}")
+        if self.scheme == "time" and part != "valid":
+            return _union(self.train, self.valid)
+        folded = {"valid": ("valid_fold_in",), "test": ("test_fold_in",), "score": FOLD_IN_PARTS}[part]
+        inputs = self.train
+        for name in folded:
+            if getattr(self, name) is not None:
+                inputs = _union(inputs, getattr(self, name))
+        return inputs
+
+    def known(self, part: str, mask: str = "train") -> sp.csr_matrix:
+        """The items never ranked for `part`: its inputs, and for test with mask "train+valid" the validation
+        items too."""
+        inputs = self.inputs(part)
+        return _union(inputs, self.valid) if part == "test" and mask == "train+valid" else inputs
+
+    @property
+    def train_users(self) -> np.ndarray:
+        """Rows with a train record (all users but the held-out ones of the `users` scheme)."""
+        return np.flatnonzero(np.diff(self.train.indptr))
+
+
+def _union(first: sp.csr_matrix, second: sp.csr_matrix) -> sp.csr_matrix:
+    """A canonical CSR of ones at the entries of either matrix."""
+    both = (first + second).tocsr()
+    both.data[:] = 1.0
+    both.sort_indices()
+    return both
+
 
 def split_interactions(
     interactions: pd.DataFrame,
@@ -55,8 +113,10 @@ def split_interactions(
     seed: int = 0,
     source: str = "",
     source_sha256: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> Split:
-    """Shuffle the records with `seed` and cut them by `fractions` into train, valid and test.
+    """Shuffle the records with `seed` and cut them by `fractions` into train, valid and test (`extra`: more
+    manifest entries, e.g. the filters applied before).
 
     Valid/test records whose item is not in train are dropped and counted in the manifest.
     """
@@ -99,6 +159,7 @@ def split_interactions(
 
     manifest = {
         "format_version": FORMAT_VERSION,
+        "scheme": "records",
         "source": source,
         "source_sha256": source_sha256,
         "seed": int(seed),
@@ -108,8 +169,16 @@ def split_interactions(
         "counts": {name: int(matrices[name].nnz) for name in PARTS},
         "dropped": dropped,
         "n_records": n_records,
+        **(extra or {}),
     }
-    manifest["split_sha256"] = content_sha256(matrices, user_ids, item_ids)
+    return finish_split(matrices, user_ids, item_ids, manifest)
+
+
+def finish_split(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, item_ids: np.ndarray,
+                 manifest: dict[str, Any]) -> Split:
+    """The Split of `matrices` (train, valid, test, and the fold-in inputs if any), its manifest completed
+    with the content hash and the Parquet files' digests."""
+    manifest = {**manifest, "split_sha256": content_sha256(matrices, user_ids, item_ids)}
     manifest["file_sha256"] = _file_digests(_parquet_files(matrices, user_ids, item_ids))
     return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
 
@@ -117,7 +186,7 @@ def split_interactions(
 def save_split(split: Split, directory: Path) -> None:
     """Write the three Parquet parts and manifest.json atomically; refuse to replace a different split."""
     directory = Path(directory)
-    files = _parquet_files({name: getattr(split, name) for name in PARTS}, split.user_ids, split.item_ids)
+    files = _parquet_files(split.matrices(), split.user_ids, split.item_ids)
     manifest = {**split.manifest, "file_sha256": _file_digests(files)}
     files[MANIFEST] = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
     if directory.exists():
@@ -146,7 +215,7 @@ def load_split(directory: Path) -> Split:
     directory = Path(directory)
     manifest = _read_manifest(directory)
     blobs = {}
-    for name in PARTS:
+    for name in (*PARTS, *FOLD_IN_PARTS) if manifest.get("scheme") == "users" else PARTS:
         path = directory / f"{name}.parquet"
         try:
             blobs[name] = path.read_bytes()
@@ -164,7 +233,8 @@ def load_split(directory: Path) -> Split:
                         f"delete {directory} and split again")
 
     columns = {name: _read_part(directory / f"{name}.parquet", blob) for name, blob in blobs.items()}
-    user_ids = pd.factorize(columns["train"][0], sort=True)[1]
+    every_user = np.concatenate([users for users, _ in columns.values()])  # held-out users have no train row
+    user_ids = pd.factorize(every_user, sort=True)[1]
     item_ids = pd.factorize(columns["train"][1], sort=True)[1]
     users, items = pd.Index(user_ids), pd.Index(item_ids)
     shape = (len(user_ids), len(item_ids))
@@ -172,7 +242,7 @@ def load_split(directory: Path) -> Split:
     for name, (user_col, item_col) in columns.items():
         rows, cols = users.get_indexer(user_col), items.get_indexer(item_col)
         if (rows < 0).any() or (cols < 0).any():
-            raise DataError(f"split: {directory / name}.parquet holds users or items absent from train.parquet; "
+            raise DataError(f"split: {directory / name}.parquet holds items absent from train.parquet; "
                             f"delete {directory} and split again")
         matrices[name] = _matrix(rows, cols, shape)
     found = content_sha256(matrices, user_ids, item_ids)
@@ -194,8 +264,9 @@ def content_sha256(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, ite
     2. ``user_ids`` then ``item_ids`` (sorted, as in `Split`), each as: label(field name),
        label(``int64`` or ``utf8``), the id count as uint64, then every id: an integer id as int64; a
        string id as the uint64 length of its UTF-8 bytes, then those bytes;
-    3. ``train``, ``valid`` then ``test``, each as: label(part name), the number of pairs as uint64, then
-       every stored (row, column) index pair as two int64, sorted by row then column.
+    3. ``train``, ``valid`` then ``test`` (then ``valid_fold_in`` and ``test_fold_in``, in a split that has
+       them), each as: label(part name), the number of pairs as uint64, then every stored (row, column)
+       index pair as two int64, sorted by row then column.
 
     label(s) is the uint64 length of s's UTF-8 bytes, then those bytes. Matrix values (all 1) and the
     manifest's other fields (seed, source, ...) are not hashed.
@@ -205,7 +276,9 @@ def content_sha256(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, ite
         kind, encoded = _encode_ids(ids, name)
         digest.update(_label(name) + _label(kind) + struct.pack("<Q", len(ids)))
         digest.update(encoded)
-    for name in PARTS:
+    for name in (*PARTS, *FOLD_IN_PARTS):
+        if name not in matrices:
+            continue
         rows, cols = matrices[name].nonzero()
         order = np.lexsort((cols, rows))
         pairs = np.column_stack((rows[order], cols[order])).astype("<i8")
@@ -305,8 +378,7 @@ def _parquet_files(
 ) -> dict[str, bytes]:
     """The Parquet bytes of each part: raw ids, rows sorted by (user index, item index)."""
     files = {}
-    for name in PARTS:
-        matrix = matrices[name]
+    for name, matrix in matrices.items():
         rows = np.repeat(np.arange(len(user_ids)), np.diff(matrix.indptr))
         table = pa.table({"user_id": pa.array(user_ids[rows]), "item_id": pa.array(item_ids[matrix.indices])})
         sink = pa.BufferOutputStream()
