@@ -267,6 +267,7 @@ def run_training(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "seconds": round(result.seconds, 3),
+        "history": [history_entry(report) for report in result.history],
         "dataset": split.manifest["source"],
         "scheme": split.scheme,
         "split_sha256": split.manifest["split_sha256"],
@@ -288,6 +289,16 @@ def run_training(
         raise RaycfError(f"{out}: cannot write the run ({str(error).splitlines()[0]}); choose a writable, new "
                          "--out") from None
     return format_summary(metrics, out)
+
+
+def history_entry(report: EpochReport) -> dict[str, Any]:
+    """One epoch in metrics.json: its seconds (training, validation), loss (null for a fitted model) and
+    validation metrics (null on an epoch without validation)."""
+    valid = None if report.valid is None else {name: value for name, value in report.valid.items()
+                                                if not name.endswith("_se")}
+    return {"epoch": report.epoch, "train_seconds": round(report.train_seconds, 4),
+            "valid_seconds": round(report.valid_seconds, 4), "loss": None if np.isnan(report.loss) else report.loss,
+            "valid": valid}
 
 
 def format_summary(metrics: dict[str, Any], out: str | Path) -> str:

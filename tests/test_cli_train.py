@@ -33,6 +33,11 @@ def test_train_writes_split_checkpoint_and_metrics_that_agree(tmp_path: Path, ca
     assert meta["split_sha256"] == metrics["split_sha256"] == split.manifest["split_sha256"]
     assert summarize(evaluate_model(model, split, "valid"))["ndcg"] == pytest.approx(metrics["valid"]["ndcg"])
     assert summarize(evaluate_model(model, split, "test"))["ndcg"] == pytest.approx(metrics["test"]["ndcg"])
+    history = metrics["history"]  # every epoch documents its own speed, loss and validation metrics
+    assert [entry["epoch"] for entry in history] == [1, 2, 3, 4]
+    assert all(entry["train_seconds"] > 0 and entry["valid_seconds"] > 0 and entry["loss"] > 0 for entry in history)
+    assert history[metrics["best_epoch"] - 1]["valid"] == {key: value for key, value in metrics["valid"].items()
+                                                          if not key.endswith("_se")}
 
 
 def test_same_command_twice_gives_the_same_split_and_metrics(tmp_path: Path) -> None:

@@ -49,6 +49,25 @@ def test_quickstart_loads_and_expands_to_ten_trials() -> None:
     assert {c.dropout for c in configs if c.model == "multvae"} <= {0.3, 0.5}
 
 
+@pytest.mark.parametrize(("name", "heldout", "models"), [
+    ("ml1m-strong", 600, {"multvae": 4, "autorec": 3, "pop": 1, "ease": 4, "itemknn": 9, "ials": 12}),
+    ("ml20m-liang", 10_000, {"multvae": 1, "ease": 3, "pop": 1}),
+])
+def test_strong_generalization_studies_load(name: str, heldout: int, models: dict[str, int]) -> None:
+    """Liang et al.'s protocol: users held out with 80% folded in, ratings >= 3.5, users with >= 5 of them,
+    selection on NDCG@100, Recall@20 and Recall@50 reported."""
+    study = load_study(STUDIES / f"{name}.yaml")
+    data = study.data
+    assert (data.scheme, data.heldout_users, data.fold_in, data.min_rating, data.min_user_items) == (
+        "users", heldout, 0.8, 3.5, 5)
+    assert study.metric == "ndcg@100" and study.report_metrics == ("recall@20", "recall@50")
+    assert [metric.label for metric in study.selection.metrics][-3:] == ["ndcg@100", "recall@20", "recall@50"]
+    configs = trials(study)
+    assert {model: sum(c.model == model for c in configs) for model in models} == models
+    vae = next(c for c in configs if c.model == "multvae")
+    assert (vae.layers, vae.hidden, vae.dropout, vae.batch_size) == ((600,), 200, 0.5, 500)
+
+
 def test_ml1m_reference_loads_and_expands() -> None:
     study = load_study(STUDIES / "ml1m-reference.yaml")
     assert (study.data.dataset, study.data.ratings, study.fractions) == ("ml-1m", None, (0.6, 0.2, 0.2))
