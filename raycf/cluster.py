@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 
@@ -56,16 +58,32 @@ def check_local_gpus(gpus: float, address: str | None, *, asked: str, what: str,
 
 @dataclass(frozen=True)
 class Connection:
-    """Where to watch the Ray this process joined: the dashboard and this node's Prometheus endpoint."""
+    """Where to watch the Ray this process joined: the dashboard (and whether it asks for Ray's token) and this
+    node's Prometheus endpoint."""
 
     dashboard: str | None
     metrics: str | None
+    token_required: bool = False
 
     def describe(self) -> list[str]:
         lines = [f"Ray dashboard: {self.dashboard}"] if self.dashboard else []
+        if self.dashboard and self.token_required:
+            lines.append("  it asks for Ray's authentication token: paste the output of `ray get-auth-token` (run on "
+                         "this machine, or the cluster's head) into its sign-in page")
         if self.metrics:
             lines.append(f"Prometheus metrics (raycf_* beside Ray's): {self.metrics}")
         return lines
+
+
+def asks_for_token(dashboard: str, timeout: float = 5.0) -> bool:
+    """Whether the dashboard answers an unauthenticated API request with 401 (Ray's token authentication)."""
+    try:
+        urllib.request.urlopen(f"{dashboard}/api/version", timeout=timeout).close()
+    except urllib.error.HTTPError as error:
+        return error.code == 401
+    except OSError:
+        return False
+    return False
 
 
 def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST) -> Connection:
@@ -92,10 +110,11 @@ def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST) -> Connec
         ) from None
     node = next((node for node in ray.nodes() if node["NodeID"] == ray.get_runtime_context().get_node_id()), {})
     port = node.get("MetricsExportPort")
-    url = context.dashboard_url
+    dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else None
     return Connection(
-        dashboard=f"http://{url}" if url else None,
+        dashboard=dashboard,
         metrics=f"http://{node['NodeManagerAddress']}:{port}/metrics" if port else None,
+        token_required=dashboard is not None and asks_for_token(dashboard),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ray.tune.search.variant_generator import generate_variants
 
-from raycf.config import TrainConfig
+from raycf.config import MODEL_NAMES, TrainConfig
 from raycf.errors import RaycfError
 from raycf.study import Dimension, Study, apply_overrides, load_study
 
@@ -66,6 +66,17 @@ def test_strong_generalization_studies_load(name: str, heldout: int, models: dic
     assert {model: sum(c.model == model for c in configs) for model in models} == models
     vae = next(c for c in configs if c.model == "multvae")
     assert (vae.layers, vae.hidden, vae.dropout, vae.batch_size) == ((600,), 200, 0.5, 500)
+
+
+def test_ml1m_baselines_study_searches_every_model_on_the_write_ups_protocol() -> None:
+    study = load_study(STUDIES / "ml1m-baselines.yaml")
+    assert (study.data.dataset, study.data.scheme, study.fractions, study.metric) == (
+        "ml-1m", "records", (0.6, 0.2, 0.2), "ndcg@5")
+    assert study.repeat_seeds == (0, 1, 2)
+    configs = trials(study)
+    counts = {model: sum(c.model == model for c in configs) for model in MODEL_NAMES}
+    assert counts == {"multvae": 1, "autorec": 4, "pop": 1, "ease": 6, "itemknn": 12, "ials": 12}
+    assert all(c.iterations == 30 and c.patience == 5 for c in configs if c.model == "ials")
 
 
 def test_ml1m_reference_loads_and_expands() -> None:
