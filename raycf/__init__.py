@@ -1,3 +1,22 @@
-"""raycf: recommender-system hyperparameter studies and batch scoring on Ray."""
+"""raycf: recommender-system hyperparameter studies and batch scoring on Ray.
+
+Python API: `raycf.load(path)` (raycf.api.load) returns a trained model whose `recommend(histories, k)` takes
+and gives raw item ids; `raycf.train.run_training`, `raycf.tune.run_study` and `raycf.score.run_scoring` run
+the commands' jobs and return typed results (TrainRun, StudyResult, ScoreResult).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["load"]
+
+
+def __getattr__(name: str) -> Any:
+    """`raycf.load`, imported on first use so that `import raycf` stays light (no torch, no Ray)."""
+    if name == "load":
+        from raycf.api import load
+
+        return load
+    raise AttributeError(f"module 'raycf' has no attribute {name!r}")

@@ -172,7 +172,7 @@ def cli() -> None:
 @click.option("--beta", type=float, default=None, help="Mult-VAE KL weight, or its cap when annealing (0.2).")
 @click.option("--anneal-steps", type=int, default=None, help="Linear beta anneal length in updates (0: constant).")
 @click.option("--l2", "l2", type=float, default=None,
-              help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0, EASE 500, iALS 0.1).")
+              help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0, EASE 500, iALS 10).")
 @click.option("--weight-decay", type=float, default=None, help="Adam's weight decay, on every parameter (0).")
 @click.option("--hidden-activation", type=click.Choice(ACTIVATIONS), default=None,
               help="AutoRec's hidden activation (sigmoid).")
@@ -186,8 +186,8 @@ def cli() -> None:
 @click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")
 @click.option("--neighbors", type=int, default=None, help="ItemKNN: most similar items kept per item (100).")
 @click.option("--shrink", type=float, default=None, help="ItemKNN: cosine similarity shrinkage (10).")
-@click.option("--factors", type=int, default=None, help="iALS: latent factors (64).")
-@click.option("--alpha", type=float, default=None, help="iALS: confidence of an observed item (1).")
+@click.option("--factors", type=int, default=None, help="iALS: latent factors (32).")
+@click.option("--alpha", type=float, default=None, help="iALS: confidence of an observed item (5).")
 @click.option("--iterations", type=int, default=None, help="iALS: ALS iterations, one per epoch (15).")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items masked when ranking for the test metrics.")
@@ -209,9 +209,9 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 
     selection = dataclasses.replace(selection, report=report)
     config = TrainConfig.for_model(model, seed=seed, **hyperparameters)
-    summary = run_training(data, config, fractions=fractions, mask=mask, out=out, device=device, selection=selection,
-                           progress=None if quiet else click.echo)
-    click.echo(summary)
+    run = run_training(data, config, fractions=fractions, mask=mask, out=out, device=device, selection=selection,
+                       progress=None if quiet else click.echo)
+    click.echo(run.summary)
 
 
 @cli.command("tune")
@@ -349,6 +349,18 @@ def report_command(run_dir: str, scores: str | None) -> None:
 
     markdown = write_report(run_dir, scores)
     click.echo(f"report: {markdown} and {markdown.rsplit('/', 1)[0]}/{REPORT_HTML}")
+
+
+@cli.command("compare")
+@click.argument("scores", nargs=-1, required=True)
+@click.option("--out", required=True, help="New directory for compare.json and compare.md: a path or a URI.")
+def compare_command(scores: tuple[str, ...], out: str) -> None:
+    """Paired per-user comparison of two or more `raycf score` outputs (SCORES) of the same split."""
+    from raycf.compare import run_compare, summary_lines
+
+    location, result = run_compare(scores, out)
+    for line in summary_lines(result, location):
+        click.echo(line)
 
 
 def main(argv: list[str] | None = None) -> None:

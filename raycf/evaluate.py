@@ -1,56 +1,48 @@
-"""Evaluate a model on a split: its train rows in, held-out rows (valid or test) scored, known items masked."""
+"""Evaluate a model on a split: each user's input row in (train, or fold-in), held-out rows (valid or test)
+scored, known items masked."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sp
-import torch
 
 from raycf.data.split import Split
 from raycf.metrics import (
     MASK_PROTOCOLS,
     METRICS,
     MetricAt,
-    evaluate,
+    check_disjoint,
+    evaluate_ranked,
     exact_mean,
     exact_sum,
     mean_metrics,
     metrics_at,
 )
-from raycf.models import Recommender, SparseBatch
+from raycf.models import Recommender
+from raycf.ranking import rank
 
 PARTS = ("valid", "test")
 NOT_METRICS = ("n_heldout", "hits", "ranked_hits")
 """Per-user arrays of `evaluate` that are counts, not metrics to average."""
 
 
-def model_scorer(model: Recommender, inputs: sp.csr_matrix) -> Callable[[np.ndarray], torch.Tensor]:
-    """score_fn(user indices) -> scores, the model's input being each user's row of `inputs`."""
-    device = model.device
-
-    def score(users: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return model.scores(SparseBatch.from_csr(inputs[users], device))
-
-    return score
-
-
 def evaluate_model(
     model: Recommender, split: Split, part: str = "valid", mask: str = "train", k: int = 5
 ) -> dict[str, np.ndarray]:
-    """Per-user metric arrays of `model` on `part`, each user ranked from the part's inputs (Split.inputs);
-    validation masks the inputs only, test the inputs or (mask "train+valid") the validation items too."""
+    """Per-user metric arrays of `model` on `part`, each user ranked (raycf.ranking.rank) from the part's inputs
+    (Split.inputs); validation masks the inputs only, test the inputs or (mask "train+valid") the validation
+    items too."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     if mask not in MASK_PROTOCOLS:
         raise ValueError(f"unknown mask protocol {mask!r}; expected one of {MASK_PROTOCOLS}")
-    known = split.known(part, mask if part == "test" else "train")
+    known, heldout = check_disjoint(split.known(part, mask if part == "test" else "train"), getattr(split, part))
+    inputs = split.inputs(part)
     was_training = model.training
     model.eval()
     try:
-        return evaluate(model_scorer(model, split.inputs(part)), known, getattr(split, part), k=k)
+        return evaluate_ranked(lambda users: rank(model, inputs[users], known[users], k)[0], heldout, k)
     finally:
         model.train(was_training)
 

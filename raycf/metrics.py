@@ -336,31 +336,44 @@ def evaluate(
     is called only for users with a held-out item. Users without one get NaN metrics.
     Known and held-out items that overlap raise ValueError.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    known, heldout = check_disjoint(known, heldout)
+
+    def rank_fn(users: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            scores = torch.as_tensor(score_fn(users))
+        if tuple(scores.shape) != (len(users), known.shape[1]):
+            raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(len(users), known.shape[1])}")
+        return top_k(scores, known[users], k)
+
+    return evaluate_ranked(rank_fn, heldout, k, batch_size)
+
+
+def check_disjoint(known: sp.spmatrix, heldout: sp.spmatrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Both as canonical CSR; ValueError when their shapes differ or they share an item of a user."""
     if known.shape != heldout.shape:
-        raise ValueError(
-            f"known {known.shape} and heldout {heldout.shape} differ in shape"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ValueError(f"known {known.shape} and heldout {heldout.shape} differ in shape")
     known, heldout = _canonical(known), _canonical(heldout)
     if _pattern(known).multiply(_pattern(heldout)).nnz:
-        raise ValueError(
-            "known and held-out items overlap; refusing to score the held-out set"
-        )
-    n_users, n_items = known.shape
+        raise ValueError("known and held-out items overlap; refusing to score the held-out set")
+    return known, heldout
+
+
+def evaluate_ranked(
+    rank_fn: Callable[[np.ndarray], torch.Tensor | np.ndarray], heldout: sp.spmatrix, k: int = 5,
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """As `evaluate`, from `rank_fn(users)`: each user's top k item indices (-1 padded), called in batches of
+    users with a held-out item."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    heldout = _canonical(heldout)
     n_heldout = np.diff(heldout.indptr).astype(np.int64)
-    hits = np.zeros((n_users, k), dtype=bool)
+    hits = np.zeros((heldout.shape[0], k), dtype=bool)
     users = np.flatnonzero(n_heldout)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        with torch.no_grad():
-            scores = torch.as_tensor(score_fn(batch))
-        if tuple(scores.shape) != (len(batch), n_items):
-            raise ValueError(
-                f"score_fn returned {tuple(scores.shape)}, expected {(len(batch), n_items)}"
-            )
-        hits[batch] = hits_at_k(top_k(scores, known[batch], k), heldout[batch])
+        hits[batch] = hits_at_k(rank_fn(batch), heldout[batch])
     per_user = user_metrics(hits, n_heldout, k)
     return {**per_user, "n_heldout": n_heldout, "hits": hits.sum(axis=1), "ranked_hits": hits}

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -51,12 +51,12 @@ from raycf.metrics import (
     hits_at_k,
     metrics_at,
     parse_metric_list,
-    top_k,
     user_metrics,
 )
-from raycf.models import Recommender, SparseBatch
+from raycf.models import Recommender
 from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
 from raycf.monitoring import ScoringMetrics
+from raycf.ranking import rank
 from raycf.storage import Location, PendingOutput, parquet_bytes
 from raycf.train import CHECKPOINT_NAME, METRICS_FILE
 from raycf.tune import (
@@ -225,13 +225,10 @@ class Scorer:
         train = lists_to_csr(batch["train"], n_items)
         test = lists_to_csr(batch["test"], n_items)
         known = train if self.mask == "train" else (train + lists_to_csr(batch["valid"], n_items)).tocsr()
-        with torch.no_grad():
-            scores = self.model.scores(SparseBatch.from_csr(train, self.device))
-            ranked = top_k(scores, known, self.depth)
-            top = ranked[:, :self.k]
-            top_scores = scores.gather(1, top.clamp_min(0)).cpu().numpy()
+        ranked, ranked_scores = rank(self.model, train, known, self.depth)
+        top, top_scores = ranked[:, :self.k].cpu().numpy(), ranked_scores[:, :self.k].cpu().numpy()
         ranked_hits = hits_at_k(ranked.cpu().numpy(), test)
-        top, hits = top.cpu().numpy(), ranked_hits[:, :self.k]
+        hits = ranked_hits[:, :self.k]
         n_test = np.diff(test.indptr)
         per_user = {**user_metrics(hits, n_test, self.k), **metrics_at(ranked_hits, n_test, self.report)}
         valid_slot = top >= 0
@@ -359,6 +356,13 @@ def stage_output(out: Location) -> tuple[DirectoryLock | None, PendingOutput]:
     return lock, pending
 
 
+class ScoreResult(NamedTuple):
+    """What a scoring job wrote: the output directory (path or URI) and its summary.json content."""
+
+    out: str
+    summary: dict[str, Any]
+
+
 @dataclass
 class ScoringJob:
     """A scoring job whose inputs are read and checked and whose output is staged (and locked when local),
@@ -374,7 +378,7 @@ class ScoringJob:
     output: PendingOutput
     lock: DirectoryLock | None
 
-    def run(self) -> tuple[str, dict[str, Any]]:
+    def run(self) -> ScoreResult:
         """Score every selected user once, write topk/, user_metrics/ and the summary, move them into place.
 
         Returns the output's location and the summary; the staging directory and the lock are released
@@ -404,7 +408,7 @@ class ScoringJob:
                 self.output.commit()
         finally:
             self.release()
-        return self.output.final.uri, summary
+        return ScoreResult(self.output.final.uri, summary)
 
     def release(self) -> None:
         """Remove the staging directory (when still there) and the lock."""
@@ -438,7 +442,7 @@ def prepare_scoring(
 
 def run_scoring(
     run_dir: str, options: ScoreOptions, model: str | None = None, trial: str | None = None
-) -> tuple[str, dict[str, Any]]:
+) -> ScoreResult:
     """`prepare_scoring` then `ScoringJob.run`: the output's location and the summary."""
     return prepare_scoring(run_dir, options, model, trial).run()
 

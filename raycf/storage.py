@@ -212,3 +212,18 @@ class PendingOutput:
         """Remove the staged content of an output that was not committed."""
         if not self.committed and self.final.filesystem.get_file_info(self.staged.path).type != pafs.FileType.NotFound:
             self.final.filesystem.delete_dir(self.staged.path)
+
+    @classmethod
+    def write(cls, final: Location, files: dict[str, bytes] | Path) -> None:
+        """Stage `files` (name -> bytes, or a local directory's whole content) and commit them into `final`
+        together; nothing is left behind when it fails (OSError)."""
+        output = cls.begin(final)
+        try:
+            if isinstance(files, Path):
+                output.staged.put_directory(files)
+            else:
+                for name, data in files.items():
+                    output.staged.write_bytes(name, data)
+            output.commit()
+        finally:
+            output.discard()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -225,6 +225,18 @@ def train(
     )
 
 
+class TrainRun(NamedTuple):
+    """What `run_training` wrote: the output directory and its metrics.json content."""
+
+    out: str
+    metrics: dict[str, Any]
+
+    @property
+    def summary(self) -> str:
+        """The few lines `raycf train` prints."""
+        return format_summary(self.metrics, self.out)
+
+
 def run_training(
     data: DataSpec,
     config: TrainConfig,
@@ -235,8 +247,8 @@ def run_training(
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
     selection: Selection = Selection(),
-) -> str:
-    """Split, train, test and write `out/` (split/, checkpoint.pt, metrics.json); returns a summary.
+) -> TrainRun:
+    """Split, train, test and write `out/` (split/, checkpoint.pt, metrics.json).
 
     `out` is a local path or a URI (s3://...). The outputs are staged and committed at the end
     (raycf.storage.PendingOutput), so an interrupted run leaves no output, and an existing non-empty
@@ -279,16 +291,11 @@ def run_training(
             meta = {"split_sha256": split.manifest["split_sha256"]}
             save_checkpoint(staging / CHECKPOINT_NAME, result.model, meta=meta)
             (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-            output = PendingOutput.begin(location)
-            try:
-                output.staged.put_directory(staging)
-                output.commit()
-            finally:
-                output.discard()
+            PendingOutput.write(location, staging)
     except OSError as error:
         raise RaycfError(f"{out}: cannot write the run ({str(error).splitlines()[0]}); choose a writable, new "
                          "--out") from None
-    return format_summary(metrics, out)
+    return TrainRun(str(out), metrics)
 
 
 def history_entry(report: EpochReport) -> dict[str, Any]:
