@@ -1,0 +1,201 @@
+"""The dashboard of a running study, as a person opens it: a headless Chromium (Debian's `chromium` and its
+`chromedriver`, installed by .ci/run) opens the URL `raycf tune` prints, meets Ray's sign-in page (Ray >= 2.52
+protects a local Ray with a token), enters the output of `ray get-auth-token` as raycf's hint says, and finds
+the study's trials on the Actors page. The screenshot is kept in $RAYCF_TEST_ARTIFACTS (else the test's
+tmp_path).
+
+Without the browser or its driver the test is skipped, naming what is missing, except where $CI is set:
+CI installs them, and a skip there would go unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# What Ray 2.60's Actors table shows for a trial of a function trainable: class ImplicitFunc, repr the
+# trainable's name (raycf's run_trial).
+TRIAL_CLASS, TRIAL_REPR = "ImplicitFunc", "run_trial"
+SIGN_IN = "Authentication Token Required"
+
+
+def missing(what: str) -> None:
+    message = f"{what}; on Debian: apt-get install chromium chromium-driver (and pip install -e '.[test]')"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} -- CI must have them (.ci/run installs them)")
+    pytest.skip(message)
+
+
+def browser_and_driver() -> tuple[str, str]:
+    browser = next((path for path in map(shutil.which, BROWSERS) if path), None)
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        missing(f"no {' / '.join(BROWSERS)}" if browser is None else "no chromedriver")
+    return browser, driver
+
+
+def long_study(path: Path) -> Path:
+    """The quickstart's trials (FIFO, 2 at a time below), each running far longer than the test looks."""
+    text = (ROOT / "studies" / "quickstart.yaml").read_text()
+    for old, new in (("type: asha", "type: fifo"), ("max_t: 30", "max_t: 100000"),
+                     ("  grace_period: 3\n  reduction_factor: 3\n", ""), ("patience: 10", "patience: 100000")):
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+def wait_until(condition: Callable[[], object], seconds: float, what: str, output: Callable[[], str]) -> object:
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s; raycf tune printed:\n{output()[-4000:]}"
+        time.sleep(0.2)
+    return value
+
+
+def session_processes(session: int) -> list[int]:
+    """Processes of this session id (the study's driver, its local Ray, and Ray's workers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # after "pid (comm)": state, ppid, pgrp, session
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def stop(study: subprocess.Popen) -> None:
+    """Ctrl-C the study (Tune saves its state, the driver shuts down its local Ray), then harder; then make
+    sure nothing of its Ray is left (`ray stop` would stop every Ray on the machine)."""
+    for sig, grace in ((signal.SIGINT, 45), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(study.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            study.wait(grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    deadline = time.monotonic() + 30
+    while (left := session_processes(study.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"the study's Ray outlived its driver by 30 s: {left}"
+
+
+def test_the_dashboard_shows_a_studys_trials_after_signing_in_with_rays_token(tmp_path: Path) -> None:
+    browser, chromedriver = browser_and_driver()
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as when
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        missing("no selenium")
+    artifacts = Path(os.environ.get("RAYCF_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    # A local Ray as a user gets one: token auth (Ray's default), the token in ~/.ray/auth_token.
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS" and not key.startswith("RAY_AUTH")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    study = subprocess.Popen([sys.executable, "-m", "raycf", "tune", str(long_study(tmp_path / "long.yaml")),
+                              "--storage", str(tmp_path / "runs"), "--name", "dashboard", "--max-concurrent", "2",
+                              "--dashboard-host", "127.0.0.1"],
+                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+
+    def read() -> None:  # all along, so that the pipe never fills and stalls the study
+        for line in study.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def output() -> str:
+        return "".join(lines)
+
+    def printed_url() -> tuple[str, str] | None:
+        """The "Ray dashboard: URL" line and the one under it (the token hint)."""
+        assert study.poll() is None, f"raycf tune exited {study.returncode}:\n{output()[-4000:]}"
+        seen = list(lines)
+        return next(((line, hint) for line, hint in zip(seen, seen[1:]) if line.startswith("Ray dashboard: ")), None)
+
+    driver = None
+    try:
+        line, hint = wait_until(printed_url, 120, "the dashboard's URL", output)
+        url = line.removeprefix("Ray dashboard: ").strip()
+        assert url.startswith("http://127.0.0.1:"), line
+        assert "ray get-auth-token" in hint and "sign-in" in hint, f"no token hint under the URL:\n{output()[-4000:]}"
+        token = subprocess.run([str(BIN / "ray"), "get-auth-token"], env=env, capture_output=True, text=True,
+                               timeout=60, check=False)
+        assert token.returncode == 0 and token.stdout.strip(), f"ray get-auth-token: {token.stdout}{token.stderr}"
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+            options.add_argument(argument)  # --no-sandbox: CI runs as root
+        driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+        wait = WebDriverWait(driver, 45)
+        driver.get(url)
+        try:
+            dialog = wait.until(when.visibility_of_element_located(
+                (By.XPATH, f"//*[@role='dialog'][.//*[normalize-space()='{SIGN_IN}']]")))
+        except TimeoutException:
+            raise AssertionError(f"{url} showed no '{SIGN_IN}' sign-in page") from None
+        dialog.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(token.stdout.strip())
+        WebDriverWait(dialog, 10).until(when.element_to_be_clickable(
+            (By.XPATH, ".//button[normalize-space()='Submit']"))).click()
+        try:
+            wait.until(when.invisibility_of_element_located((By.XPATH, "//*[@role='dialog']")))
+        except TimeoutException:
+            raise AssertionError("the sign-in page stayed after submitting `ray get-auth-token`'s token") from None
+
+        wait.until(when.element_to_be_clickable((By.XPATH, "//a[normalize-space()='Actors']"))).click()
+        trial = (By.XPATH, f"//tr[td[normalize-space()='{TRIAL_CLASS}'] and td[normalize-space()='{TRIAL_REPR}']"
+                           " and td[.//*[normalize-space()='ALIVE']]]")
+        try:
+            WebDriverWait(driver, 90).until(when.visibility_of_element_located(trial))
+        except TimeoutException:
+            raise AssertionError(f"no ALIVE {TRIAL_CLASS} ({TRIAL_REPR}) row on {driver.current_url} within 90 s; "
+                                 f"it shows:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\n"
+                                 f"raycf tune printed:\n{output()[-3000:]}") from None
+        assert "#/actors" in driver.current_url, driver.current_url
+        assert study.poll() is None, f"raycf tune exited {study.returncode}:\n{output()[-4000:]}"
+        screenshot = artifacts / "dashboard-actors.png"
+        assert driver.save_screenshot(str(screenshot)), screenshot
+        print(f"dashboard screenshot: {screenshot}")
+    except BaseException:
+        if driver is not None:
+            try:  # what the browser showed; a dead browser must not hide the failure itself
+                driver.save_screenshot(str(artifacts / "dashboard-failure.png"))
+                (artifacts / "dashboard-failure.html").write_text(driver.page_source)
+                print(f"dashboard at the failure: {artifacts / 'dashboard-failure.png'}")
+            except Exception:
+                pass
+        raise
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop(study)
+        reader.join(10)
