@@ -235,6 +235,9 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 @click.option("--seed", type=int, default=None, help="Override the study's seed (split and search).")
 @click.option("--repeat-seeds", default=None, callback=parse_seeds,
               help="After the study, train each model's best configuration on these split seeds (0,1,2).")
+@click.option("--mlflow", default=None, metavar="URI",
+              help="Track the trials and the study in this MLflow tracking server (http://HOST:5000) or database "
+                   "(sqlite:///PATH.db); overrides the study's tracking.mlflow. Needs pip install 'raycf[mlflow]'.")
 @click.pass_context
 def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
                  address: str | None, dashboard_host: str, submit_to: str | None, runtime_env: str | None,
@@ -246,6 +249,7 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
     from raycf.memory import check_study_memory
     from raycf.repeats import format_repeats
     from raycf.study import apply_overrides, load_study
+    from raycf.tracking import check_tracking
 
     if (study_file is None) == (resume_dir is None):
         raise click.UsageError("give a STUDY_FILE to run, or --resume RUN_DIR to continue one (not both)")
@@ -260,6 +264,8 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
         if resume_dir is None:
             require_cluster_path("--storage", storage)
         send_job(ctx, submit_to, runtime_env, no_wait)
+    if study is not None:  # tracking's packages and server: before Ray starts
+        check_tracking(study.tracking)
     if resume_dir is None:
         Location.of(storage, "").check_access("--storage")  # a bad bucket or credentials: before Ray starts
     else:

@@ -31,6 +31,7 @@ from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
 from raycf.score import SCORES_DIR, SUMMARY_JSON
 from raycf.selection import SELECT_FILE, seed_means
 from raycf.storage import Location, parse_results
+from raycf.tracking import log_artifacts
 from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
@@ -514,4 +515,5 @@ def write_report(run_dir: str, scores: str | None = None) -> str:
         if run.is_object_store:
             for name in (CURVES_PNG, HYPERPARAMETERS_PNG, REPORT_MD, REPORT_HTML):
                 run.write_bytes(name, (directory / name).read_bytes())
+    log_artifacts(run, [REPORT_HTML])  # a tracked study's parent run (nothing otherwise)
     return f"{run.uri}/{REPORT_MD}"

@@ -58,6 +58,7 @@ from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
 from raycf.monitoring import ScoringMetrics
 from raycf.ranking import rank
 from raycf.storage import Location, PendingOutput, parquet_bytes
+from raycf.tracking import log_artifacts
 from raycf.train import CHECKPOINT_NAME, METRICS_FILE
 from raycf.tune import (
     BEST_FILE,
@@ -408,6 +409,8 @@ class ScoringJob:
                 self.output.commit()
         finally:
             self.release()
+        log_artifacts(self.target.run, [SUMMARY_JSON, SUMMARY_PARQUET], source=self.output.final.current(),
+                      artifact_path=SCORES_DIR)  # a tracked study's parent run (nothing otherwise)
         return ScoreResult(self.output.final.uri, summary)
 
     def release(self) -> None:

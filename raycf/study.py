@@ -50,6 +50,12 @@ Every key except `name`, `data` and `models` is optional, with the default shown
     select:                     # robust selection (absent: each model's best trial wins, as searched)
       top: 3                    # int >= 1: the best configurations of each model trained again...
       seeds: [0, 1, 2]          # ...on each of these split seeds; the best MEAN validation metric wins
+    tracking:                   # experiment tracking (absent: none; raycf/tracking.py)
+      mlflow: null              # an MLflow tracking URI: http://HOST:5000, or sqlite:///FILE.db (relative
+                                # to the study file): a run per trial, the study's parent run; needs
+                                # pip install 'raycf[mlflow]'; `raycf tune --mlflow URI` overrides it
+      tensorboard: false        # true: TensorBoard event files in each trial's directory; needs
+                                # pip install 'raycf[tensorboard]'
     models:                     # at least one of multvae, autorec, pop, ease, itemknn, ials
       multvae:
         fixed: {hidden: 200}    # TrainConfig fields except model, max_epochs (scheduler.max_t), seed (the study's)
@@ -88,7 +94,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +114,8 @@ DEFAULT_CHECKPOINT_EVERY = 10
 SCHEDULERS = ("asha", "fifo")
 TOP_KEYS = ("name", "seed", "data", "metric", "report_metrics", "mode", "scheduler", "resources", "num_samples",
             "max_concurrent", "max_failures", "checkpoint_every", "repeat_seeds", "models", "searcher",
-            "select")
+            "select", "tracking")
+TRACKING_KEYS = ("mlflow", "tensorboard")
 SEARCHER_OPTIONS = {"random": (), "optuna": ("n_startup_trials",)}
 """Each searcher type and the keys it takes besides `type`."""
 DEFAULT_N_STARTUP_TRIALS = 5
@@ -198,6 +205,24 @@ class SearcherSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """Where a study's trials are tracked besides its run directory (raycf/tracking.py): an MLflow tracking
+    URI, and TensorBoard event files in each trial's directory."""
+
+    mlflow: str | None = None
+    tensorboard: bool = False
+    mlflow_from: str = field(default="tracking.mlflow", compare=False)
+    """Where the URI was given (`FILE: tracking.mlflow`, `--mlflow`), for error messages."""
+    tensorboard_from: str = field(default="tracking.tensorboard", compare=False)
+
+    def describe(self) -> dict[str, Any] | None:
+        """study.json's `tracking` (None: no tracking)."""
+        if self.mlflow is None and not self.tensorboard:
+            return None
+        return {"mlflow": self.mlflow, "tensorboard": self.tensorboard}
+
+
+@dataclass(frozen=True)
 class Study:
     """A validated study file; `path` is absolute."""
 
@@ -225,6 +250,8 @@ class Study:
     """Robust selection after the search (None: each model's best trial wins)."""
     report_metrics: tuple[str, ...] = ()
     """Labels of the metrics every trial reports besides P/R/NDCG/MRR@5 and the study metric."""
+    tracking: TrackingSpec = TrackingSpec()
+    """MLflow and TensorBoard tracking of the trials (none by default)."""
 
     @property
     def selection(self) -> Selection:
@@ -656,6 +683,7 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         searcher=_searcher(raw.get("searcher"), at / "searcher", raw["models"], at / "models"),
         select=None if raw.get("select") is None else _select(raw["select"], at / "select"),
         report_metrics=_report_metrics(raw.get("report_metrics", []), at / "report_metrics"),
+        tracking=_tracking(raw.get("tracking"), at / "tracking", path.parent),
     )
 
 
@@ -696,6 +724,30 @@ def _searcher(value: Any, at: _At, models: dict[str, Any], models_at: _At) -> Se
     return spec
 
 
+def _tracking(value: Any, at: _At, directory: Path) -> TrackingSpec:
+    """`{mlflow: URI, tensorboard: bool}`, both optional."""
+    raw = _mapping(value, at, TRACKING_KEYS)
+    tensorboard = raw.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        raise (at / "tensorboard").error(f"must be true or false, got {tensorboard!r}")
+    mlflow = None if raw.get("mlflow") is None else _tracking_uri(raw["mlflow"], at / "mlflow", directory)
+    where = f"{at.file}: {at.path}"
+    return TrackingSpec(mlflow, tensorboard, mlflow_from=f"{where}.mlflow", tensorboard_from=f"{where}.tensorboard")
+
+
+def _tracking_uri(value: Any, at: _At, directory: Path) -> str:
+    """An MLflow tracking URI (`scheme:...`; a relative `sqlite:///FILE` made absolute against `directory`), or a
+    directory path made absolute against `directory`."""
+    if not isinstance(value, str) or not value.strip() or any(char.isspace() for char in value):
+        raise at.error(f"must be an MLflow tracking URI such as http://127.0.0.1:5000 or sqlite:///mlflow.db, "
+                       f"got {value!r}")
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):  # a relative database file
+        return f"sqlite:///{(directory / value[len('sqlite:///'):]).resolve()}"
+    if ":" in value.split("/", 1)[0] or value == "databricks":  # http://, https://, file:, ...
+        return value
+    return str((directory / Path(value).expanduser()).resolve())
+
+
 def _select(value: Any, at: _At) -> SelectSpec:
     """`{top: N, seeds: [...]}`, both required."""
     raw = _mapping(value, at, ("top", "seeds"), required=("top", "seeds"))
@@ -727,6 +779,7 @@ def apply_overrides(
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
     repeat_seeds: list[int] | None = None,
+    mlflow: str | None = None,
 ) -> Study:
     """`study` with the command line's choices (None: keep the study's); the data's reading options are kept."""
     if dataset is not None and ratings is not None:
@@ -752,4 +805,7 @@ def apply_overrides(
         given["gpus_per_trial"] = _non_negative(gpus_per_trial, _At("--gpus-per-trial"))
     if repeat_seeds is not None:
         given["repeat_seeds"] = _seeds(list(repeat_seeds), _At("--repeat-seeds"))
+    if mlflow is not None:
+        given["tracking"] = dataclasses.replace(study.tracking, mlflow_from="--mlflow",
+                                                mlflow=_tracking_uri(mlflow, _At("--mlflow"), Path.cwd()))
     return dataclasses.replace(study, data=data, **given)

@@ -35,6 +35,7 @@ from raycf.search import search_setup
 from raycf.selection import rank, run_selection, seed_means
 from raycf.storage import Location, parquet_bytes
 from raycf.study import Study
+from raycf.tracking import log_study, tracking_callbacks
 from raycf.train import SPLIT_DIR, Trainer
 
 STUDY_FILE = "study.json"
@@ -218,7 +219,8 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
             storage_path=str(options.storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection)],
+            callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection),
+                       *tracking_callbacks(study.tracking, study_facts(study), str(options.storage), options.name)],
             verbose=options.verbose,
         ),
     )
@@ -246,6 +248,7 @@ def study_facts(study: Study) -> dict[str, Any]:
         "select": None if study.select is None else {"top": study.select.top, "seeds": list(study.select.seeds)},
         "checkpoint_every": study.checkpoint_every,
         "searcher": study.searcher.describe(),
+        "tracking": study.tracking.describe(),
     }
 
 
@@ -273,6 +276,7 @@ def finish(location: Location, facts: dict[str, Any], results: tune.ResultGrid, 
     if facts["repeat_seeds"]:
         repeats = run_repeats(location, DataSpec(**facts["data_spec"]), tuple(facts["fractions"]),
                               tuple(facts["repeat_seeds"]), leaderboard, facts["cpus_per_trial"], selection_of(facts))
+    log_study(location, facts)  # the results on the study's MLflow parent run, when it is tracked
     return StudyResult(location.uri, leaderboard, repeats)
 
 
