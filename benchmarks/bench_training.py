@@ -1,81 +1,216 @@
-"""Training and full-ranking validation speed of both models on ML-1M (prints figures; not a test).
+"""Training and full-ranking validation speed of both models against the machine's matmul bound (prints figures;
+not a test).
 
-    RAYCF_ML1M=../shared/data/ml-1m/ratings.dat.gz python benchmarks/bench_training.py [--epochs 5] [--device cuda]
+    RAYCF_ML1M=../shared/data/ml-1m/ratings.dat.gz python benchmarks/bench_training.py        # ML-1M
+    python benchmarks/bench_training.py --shape ml20m --split-cache /tmp/raycf-ml20m-split      # ML-20M-shaped
+    options: --epochs N (timed epochs and validations per model), --warmup N, --threads N, --device cuda,
+             --models multvae
+
+`--shape ml20m` is synthetic data of ML-20M's shape (136,677 users x 20,108 items, ~9.3 M interactions,
+raycf.data.synthetic), split 60/20/20 with seed 0; `--split-cache DIR` keeps that split (Parquet) for the next
+run. Each model trains with its reference settings (TrainConfig.for_model, seed 0).
+
+FLOP model (a multiply-add counts 2; the models' default architecture, no hidden layers):
+  epoch       3 * 2 * users * hidden * items   the decoder's three products: forward, input gradient, weight
+                                                gradient (users: those with a train row)
+            + 2 * 2 * nnz * width             the sparse encoder's forward and weight gradient (nnz: train
+                                                entries; width: 2 * hidden for Mult-VAE's mean and log-variance,
+                                                hidden for AutoRec)
+  validation  2 * users_with_heldout * hidden * items   the scoring product (the encoder, ~1 %, not counted)
+Bound = FLOPs / the dense float32 matmul rate (2048 x 2048 products) measured in the training process before and
+after the model's timings; the higher rate is used, so a machine busy with other work gives a conservative ratio.
+Ratio = median seconds / bound. The `cpu` columns repeat the ratio by the process's CPU clock (its CPU seconds
+against the matmul's GFLOP per CPU second): steadier than the wall clock while other work shares the machine.
+
+Each model trains in a fresh process of its own, as a Tune trial does, handed the split; its peak RSS is that
+process's high-water mark from then on (reset after receiving the split where Linux allows, else lifelong), so
+it counts the split, the model, its optimizer and the transient memory of training and validation.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from raycf.config import TrainConfig
-from raycf.data.loaders import read_interactions
-from raycf.data.split import Split, split_interactions
-from raycf.train import Trainer
+from raycf.data.split import Split
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
+ML20M_SHAPE = {"n_users": 136_677, "n_items": 20_108, "mean_interactions": 68}
+"""ML-20M's users and items (users with 20 or more ratings) and its mean ratings per user (9.3 M in all)."""
+CLEAR_REFS = Path("/proc/self/clear_refs")
+STATUS = Path("/proc/self/status")
 
 
-def dense_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """The machine's own float32 dense matmul rate (best of `repeats`)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = min(timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
+def build_split(shape: str, cache: str | None) -> Split:
+    """The benchmark's split: ML-1M read from its ratings, or the ML-20M-shaped synthetic data; loaded from or
+    saved to `cache` when given."""
+    from raycf.data.split import load_split, save_split, split_interactions
+
+    if cache is not None and Path(cache, "manifest.json").is_file():
+        return load_split(Path(cache))
+    if shape == "ml1m":
+        from raycf.data.loaders import read_interactions
+
+        path = Path(os.environ.get("RAYCF_ML1M", DEFAULT_ML1M))
+        split = split_interactions(read_interactions(path), seed=0, source=str(path))
+    else:
+        from raycf.data.synthetic import generate_synthetic
+
+        split = split_interactions(generate_synthetic(**ML20M_SHAPE, seed=0), seed=0, source="synthetic-ml20m")
+    if cache is not None:
+        save_split(split, Path(cache))
+    return split
 
 
-def timed(action) -> float:
+class Clocks(NamedTuple):
+    """A figure by the wall clock and by this process's CPU clock (all its threads): seconds, or a rate."""
+
+    wall: float
+    cpu: float
+
+
+def timed(action: Callable[[], object]) -> Clocks:
     """Seconds `action` takes, GPU work included."""
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     action()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - started
+    return Clocks(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def median(timings: list[Clocks]) -> Clocks:
+    return Clocks(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings))
+
+
+def dense_matmul_gflops(device: str, size: int = 2048, repeats: int = 5) -> Clocks:
+    """The machine's own float32 dense matmul rate on `device` (best of `repeats`, per clock)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = [timed(lambda: a @ b) for _ in range(repeats)]
+    return Clocks(*(2 * size**3 / min(clock) / 1e9 for clock in zip(*seconds)))
+
+
+def encoder_width(config: TrainConfig) -> int:
+    return 2 * config.hidden if config.model == "multvae" else config.hidden
 
 
 def epoch_gflop(split: Split, config: TrainConfig) -> float:
-    """Floating-point work of one training epoch: dense decoder forward+backward, sparse encoder."""
-    encoder_width = 2 * config.hidden if config.model == "multvae" else config.hidden
-    decoder = 3 * 2 * split.n_users * config.hidden * split.n_items
-    encoder = 2 * 2 * split.train.nnz * encoder_width
+    """Floating-point work of one training epoch (the FLOP model above)."""
+    decoder = 3 * 2 * len(split.train_users) * config.hidden * split.n_items
+    encoder = 2 * 2 * split.train.nnz * encoder_width(config)
     return (decoder + encoder) / 1e9
 
 
 def validation_gflop(split: Split, config: TrainConfig) -> float:
+    """Floating-point work of one full-ranking validation (the FLOP model above)."""
     users = int((split.valid.getnnz(axis=1) > 0).sum())
     return 2 * users * config.hidden * split.n_items / 1e9
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark; False where the OS offers no way (the peak is then lifelong)."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark (VmHWM, since the last reset), else its lifelong peak."""
+    try:
+        lines = STATUS.read_text().splitlines()
+    except OSError:
+        lines = []
+    peak = next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), None)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
+
+
+class ModelRun(NamedTuple):
+    """One model's figures, from its own process."""
+
+    epoch: Clocks
+    valid: Clocks
+    rate: Clocks
+    """The best dense matmul rate of that process (GFLOP/s by each clock)."""
+    peak_rss_mb: float
+    threads: int
+
+
+def run_model(split: Split, model: str, epochs: int, warmup: int, device: str, threads: int | None) -> ModelRun:
+    """In a fresh process: time `epochs` epochs and validations of `model` (after `warmup` epochs) and measure the
+    matmul rate before and after them."""
+    from raycf.train import Trainer
+
+    reset_peak_rss()
+    if threads:
+        torch.set_num_threads(threads)
+    before = dense_matmul_gflops(device)
+    trainer = Trainer(split, TrainConfig.for_model(model, seed=0), device)
+    for _ in range(warmup):
+        trainer.train_epoch()
+    epoch = median([timed(trainer.train_epoch) for _ in range(epochs)])
+    valid = median([timed(trainer.validate) for _ in range(epochs)])
+    peak = peak_rss_mb()
+    after = dense_matmul_gflops(device)
+    rate = Clocks(max(before.wall, after.wall), max(before.cpu, after.cpu))
+    return ModelRun(epoch, valid, rate, peak, torch.get_num_threads())
+
+
+def in_own_process(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_model, split, model, args.epochs, args.warmup, args.device, args.threads).result()
+
+
+def table_row(split: Split, model: str, run: ModelRun) -> str:
+    """model, then per epoch and validation: seconds, bound, ratio, CPU-clock ratio; then peak RSS."""
+    config = TrainConfig.for_model(model, seed=0)
+    row = f"{model:8s}"
+    for seconds, gflop in ((run.epoch, epoch_gflop(split, config)), (run.valid, validation_gflop(split, config))):
+        bound = gflop / run.rate.wall
+        row += (f" {seconds.wall:9.3f} {bound:8.3f} {seconds.wall / bound:6.2f}x "
+                f"{seconds.cpu / (gflop / run.rate.cpu):6.2f}x")
+    return row + f" {run.peak_rss_mb:8.0f} {run.rate.wall:8.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per model (after one warm-up)")
+    parser.add_argument("--shape", choices=["ml1m", "ml20m"], default="ml1m", help="ML-1M, or synthetic ML-20M shape")
+    parser.add_argument("--epochs", type=int, help="timed epochs and validations per model (default 5; ml20m 1)")
+    parser.add_argument("--warmup", type=int, help="untimed epochs first (default 1; ml20m 0)")
+    parser.add_argument("--models", nargs="+", choices=["multvae", "autorec"], default=["multvae", "autorec"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 gives "
+                        "steadier figures on a machine busy with other work")
+    parser.add_argument("--split-cache", help="directory keeping the split between runs (created if missing)")
     args = parser.parse_args()
-    path = Path(os.environ.get("RAYCF_ML1M", DEFAULT_ML1M))
+    small = args.shape == "ml1m"
+    args.epochs = args.epochs or (5 if small else 1)
+    args.warmup = (1 if small else 0) if args.warmup is None else args.warmup
     started = time.perf_counter()
-    split = split_interactions(read_interactions(path), seed=0, source=str(path))
-    print(f"data: {path} -> {split.n_users} users x {split.n_items} items, "
-          f"train {split.train.nnz:,} records; load+split {time.perf_counter() - started:.2f}s")
-    peak = dense_matmul_gflops()
-    print(f"machine: {torch.get_num_threads()} torch threads, dense float32 matmul {peak:.1f} GFLOP/s (CPU); "
-          f"training on {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
-    print(f"{'model':8s} {'epoch s':>9s} {'GFLOP/s':>8s} {'valid s':>8s} {'GFLOP/s':>8s}")
-    for model in ("multvae", "autorec"):
-        config = TrainConfig.for_model(model)
-        trainer = Trainer(split, config, args.device)
-        trainer.run_epoch()
-        epochs = [timed(trainer.train_epoch) for _ in range(args.epochs)]
-        validations = [timed(trainer.validate) for _ in range(args.epochs)]
-        epoch, valid = statistics.median(epochs), statistics.median(validations)
-        print(f"{model:8s} {epoch:9.3f} {epoch_gflop(split, config) / epoch:8.1f} "
-              f"{valid:8.3f} {validation_gflop(split, config) / valid:8.1f}")
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak_rss_mb:.0f} MB")
+    split = build_split(args.shape, args.split_cache)
+    print(f"data: {split.manifest['source']} -> {split.n_users:,} users x {split.n_items:,} items, train "
+          f"{split.train.nnz:,} entries ({time.perf_counter() - started:.1f}s); {args.warmup} warm-up + "
+          f"{args.epochs} timed epochs and validations per model, medians; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    print(f"{'model':8s} {'epoch s':>9s} {'bound s':>8s} {'ratio':>7s} {'cpu':>7s} {'valid s':>9s} {'bound s':>8s} "
+          f"{'ratio':>7s} {'cpu':>7s} {'peak MB':>8s} {'GFLOP/s':>8s}")
+    for model in args.models:
+        run = in_own_process(split, model, args)
+        print(table_row(split, model, run), flush=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {run.threads} torch threads"
+    print(f"{device}; GFLOP/s: the dense float32 matmul rate the bound uses; load average now "
+          f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from raycf.config import TrainConfig
 from raycf.data.loaders import read_interactions
 from raycf.data.split import split_interactions
 from raycf.evaluate import evaluate_model, summarize
+from raycf.layout import REFERENCE
 from raycf.metrics import METRICS
-from raycf.report import REFERENCE
 from raycf.train import TrainResult, train
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"

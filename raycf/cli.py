@@ -139,10 +139,21 @@ def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--runtime-env", type=click.Path(dir_okay=False), default=None,
                      help="With --submit: a runtime environment YAML to add (pip, env_vars...; jobs/*.yaml work)."),
         click.option("--no-wait", is_flag=True, help="With --submit: print the job id and return at once."),
+        click.option("--verbose", is_flag=True,
+                     help="Also show Ray's own log lines and Tune's per-trial tables (hidden by default)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def progress_line(scored: int, total: int) -> None:
+    """The one line a quiet `raycf score` shows while it runs: rewritten in place on a terminal, else printed
+    once, at the end."""
+    if sys.stdout.isatty():
+        click.echo(f"\rscored {scored:,} of {total:,} users", nl=scored >= total)
+    elif scored >= total:
+        click.echo(f"scored {scored:,} of {total:,} users")
 
 
 def send_job(ctx: click.Context, submit_to: str, runtime_env: str | None, no_wait: bool) -> None:
@@ -172,7 +183,7 @@ def cli() -> None:
 @click.option("--beta", type=float, default=None, help="Mult-VAE KL weight, or its cap when annealing (0.2).")
 @click.option("--anneal-steps", type=int, default=None, help="Linear beta anneal length in updates (0: constant).")
 @click.option("--l2", "l2", type=float, default=None,
-              help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0, EASE 500, iALS 10).")
+              help="lambda of the L2 penalty (AutoRec 1e-3, Mult-VAE 0, EASE 500, iALS 100).")
 @click.option("--weight-decay", type=float, default=None, help="Adam's weight decay, on every parameter (0).")
 @click.option("--hidden-activation", type=click.Choice(ACTIVATIONS), default=None,
               help="AutoRec's hidden activation (sigmoid).")
@@ -186,8 +197,8 @@ def cli() -> None:
 @click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")
 @click.option("--neighbors", type=int, default=None, help="ItemKNN: most similar items kept per item (100).")
 @click.option("--shrink", type=float, default=None, help="ItemKNN: cosine similarity shrinkage (10).")
-@click.option("--factors", type=int, default=None, help="iALS: latent factors (32).")
-@click.option("--alpha", type=float, default=None, help="iALS: confidence of an observed item (5).")
+@click.option("--factors", type=int, default=None, help="iALS: latent factors (64).")
+@click.option("--alpha", type=float, default=None, help="iALS: confidence of an observed item (10).")
 @click.option("--iterations", type=int, default=None, help="iALS: ALS iterations, one per epoch (15).")
 @click.option("--mask", type=click.Choice(MASK_PROTOCOLS), default="train", show_default=True,
               help="Items masked when ranking for the test metrics.")
@@ -241,10 +252,11 @@ def train_command(model: str, data: DataSpec, fractions: tuple[float, float, flo
 @click.pass_context
 def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | None, storage: str, name: str | None,
                  address: str | None, dashboard_host: str, submit_to: str | None, runtime_env: str | None,
-                 no_wait: bool, **overrides: Any) -> None:
+                 no_wait: bool, verbose: bool, **overrides: Any) -> None:
     """Run a study (STUDY_FILE, YAML) of Mult-VAE, AutoRec and baseline trials on Ray Tune with ASHA."""
     from raycf import tune as tuning
     from raycf.cluster import check_local_gpus, connect
+    from raycf.console import quiet
     from raycf.data.source import prepare_split
     from raycf.memory import check_study_memory
     from raycf.repeats import format_repeats
@@ -279,13 +291,13 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
     if study is not None:  # the data's errors, and a model too big for this machine, before Ray starts
         split = prepare_split(study.data, study.fractions, study.seed)
         check_study_memory(study, split.n_users, split.n_items)
-    for line in connect(address, dashboard_host).describe():
+    for line in connect(address, dashboard_host, quiet(verbose)).describe():
         click.echo(line)
     if study is None:
         result = tuning.resume_study(resume_dir)
     else:
         run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name), split)
+        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name, quiet=not verbose), split)
     click.echo(tuning.format_leaderboard(result.leaderboard))
     if result.repeats is not None:
         click.echo(format_repeats(result.repeats))
@@ -315,9 +327,10 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
 @click.pass_context
 def score_command(ctx: click.Context, run_dir: str, model_name: str | None, trial: str | None, address: str | None,
                   dashboard_host: str, submit_to: str | None, runtime_env: str | None, no_wait: bool,
-                  **options: Any) -> None:
+                  verbose: bool, **options: Any) -> None:
     """Score every user of RUN_DIR's split with its best checkpoint (Ray Data) and write Parquet."""
     from raycf.cluster import check_local_gpus, connect
+    from raycf.console import quiet
     from raycf.score import ScoreOptions, prepare_scoring
 
     if model_name is not None and trial is not None:
@@ -333,13 +346,13 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
                      asked=f"--gpus-per-actor {score_options.gpus_per_actor:g}")
     job = prepare_scoring(run_dir, score_options, model=model_name, trial=trial)  # every check, before Ray
     try:
-        connection = connect(address, dashboard_host)
+        connection = connect(address, dashboard_host, quiet(verbose))
     except BaseException:
         job.release()
         raise
     for line in connection.describe():
         click.echo(line)
-    out, summary = job.run()
+    out, summary = job.run(progress=None if verbose else progress_line)
     click.echo(" ".join(f"{name}@{summary['k']} {summary[name]:.4f}" for name in METRICS)
                + f"  ({summary['users_evaluated']} users, {summary['mask']} masked, "
                f"{summary['users_per_second']:.0f} users/s)")

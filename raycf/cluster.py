@@ -86,10 +86,11 @@ def asks_for_token(dashboard: str, timeout: float = 5.0) -> bool:
     return False
 
 
-def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST) -> Connection:
+def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST, logging_level: str = "WARNING") -> Connection:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine.
 
-    A local Ray's dashboard listens on `dashboard_host` only (loopback unless asked otherwise).
+    A local Ray's dashboard listens on `dashboard_host` only (loopback unless asked otherwise); Ray's own
+    Python loggers speak from `logging_level` up (raycf.console.quiet).
     """
     import ray
 
@@ -102,7 +103,7 @@ def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST) -> Connec
     if address not in ("local", "auto"):
         check_reachable(address)
     try:
-        context = ray.init(address=address, logging_level="WARNING", **options)
+        context = ray.init(address=address, logging_level=logging_level, **options)
     except ConnectionError as error:
         raise RaycfError(
             f"cannot reach a Ray cluster at {address}: "

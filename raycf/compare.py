@@ -50,12 +50,16 @@ import pyarrow.parquet as pq
 from scipy import stats
 
 from raycf.errors import RaycfError
+from raycf.layout import (
+    COMPARE_JSON,
+    COMPARE_MD,
+    SCORES_DIR,
+    SUMMARY_JSON,
+    USER_METRICS_DIR,
+)
 from raycf.metrics import METRICS, exact_mean, exact_sum
-from raycf.score import SCORES_DIR, SUMMARY_JSON, USER_METRICS_DIR
 from raycf.storage import Location, PendingOutput
 
-COMPARE_JSON = "compare.json"
-COMPARE_MD = "compare.md"
 FORMAT = 1
 ALPHA = 0.05
 CONFIDENCE = 0.95

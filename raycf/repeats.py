@@ -15,12 +15,10 @@ from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, load_filtered
 from raycf.data.split import Split
 from raycf.evaluate import evaluate_metrics, summarize
+from raycf.layout import REPEATS_FILE, REPEATS_SUMMARY
 from raycf.metrics import METRICS, Selection
 from raycf.storage import Location, parquet_bytes
 from raycf.train import train
-
-REPEATS_FILE = "repeats.parquet"
-REPEATS_SUMMARY = "repeats.json"
 
 
 @ray.remote

@@ -26,31 +26,35 @@ import pyarrow.fs as pafs
 
 from raycf.config import MODEL_FIELDS, MODEL_NAMES, NEURAL_MODELS
 from raycf.errors import RaycfError
+from raycf.layout import (
+    BEST_FILE,
+    CURVES_PNG,
+    HYPERPARAMETERS_PNG,
+    LEADERBOARD_FILE,
+    REFERENCE,
+    REFERENCE_K,
+    REPEATS_FILE,
+    REPEATS_SUMMARY,
+    REPORT_HTML,
+    REPORT_MD,
+    SCORES_DIR,
+    SELECT_FILE,
+    SPLIT_DIR,
+    STUDY_FILE,
+    SUMMARY_JSON,
+    TRIALS_FILE,
+)
 from raycf.metrics import METRICS, REPORT_K, Selection
-from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
-from raycf.score import SCORES_DIR, SUMMARY_JSON
-from raycf.selection import SELECT_FILE, seed_means
+from raycf.selection import seed_means
 from raycf.storage import Location, parse_results
 from raycf.tracking import log_artifacts
-from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, STUDY_FILE, TRIALS_FILE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-CURVES_PNG = "report_learning_curves.png"
-HYPERPARAMETERS_PNG = "report_hyperparameters.png"
 VALID_K = REPORT_K
 """Every trial's validation P/R/NDCG/MRR are reported at this k, whatever the study's metric."""
-REFERENCE_K = 5
-
-REFERENCE = {
-    "autorec": {"precision": 0.2707, "recall": 0.0724, "ndcg": 0.2807, "mrr": 0.4715},
-    "multvae": {"precision": 0.2718, "recall": 0.0771, "ndcg": 0.2819, "mrr": 0.4747},
-}
-"""The write-up's test metrics on ML-1M (k = 5, train-only masking)."""
 
 MODEL_LABELS = {"multvae": "Mult-VAE", "autorec": "AutoRec", "pop": "Popularity", "ease": "EASE", "itemknn": "ItemKNN",
                 "ials": "iALS"}

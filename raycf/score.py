@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,21 @@ from scipy.sparse import csr_matrix
 from raycf.atomic import DirectoryLock
 from raycf.data.split import Split, load_split
 from raycf.errors import RaycfError
+from raycf.layout import (
+    BEST_FILE,
+    CHECKPOINT_NAME,
+    LEADERBOARD_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    SCORES_DIR,
+    SPLIT_DIR,
+    STUDY_FILE,
+    SUMMARY_JSON,
+    SUMMARY_PARQUET,
+    TOPK_DIR,
+    TRIALS_FILE,
+    USER_METRICS_DIR,
+)
 from raycf.metrics import (
     MASK_PROTOCOLS,
     METRICS,
@@ -59,21 +74,7 @@ from raycf.monitoring import ScoringMetrics
 from raycf.ranking import rank
 from raycf.storage import Location, PendingOutput, parquet_bytes
 from raycf.tracking import log_artifacts
-from raycf.train import CHECKPOINT_NAME, METRICS_FILE
-from raycf.tune import (
-    BEST_FILE,
-    LEADERBOARD_FILE,
-    MODEL_FILE,
-    SPLIT_DIR,
-    STUDY_FILE,
-    TRIALS_FILE,
-)
 
-TOPK_DIR = "topk"
-USER_METRICS_DIR = "user_metrics"
-SCORES_DIR = "scores"
-SUMMARY_JSON = "summary.json"
-SUMMARY_PARQUET = "summary.parquet"
 USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
 """user_metrics/'s columns; the report metrics follow, by label (`recall@20`)."""
 
@@ -379,7 +380,7 @@ class ScoringJob:
     output: PendingOutput
     lock: DirectoryLock | None
 
-    def run(self) -> ScoreResult:
+    def run(self, progress: Callable[[int, int], None] | None = None) -> ScoreResult:
         """Score every selected user once, write topk/, user_metrics/ and the summary, move them into place.
 
         Returns the output's location and the summary; the staging directory and the lock are released
@@ -388,7 +389,7 @@ class ScoringJob:
         staged = self.output.staged
         try:
             with failures_explained(self.output.final, self.options):
-                summary = _score(self.split, self.rows, self.checkpoint, self.options, staged)
+                summary = _score(self.split, self.rows, self.checkpoint, self.options, staged, progress)
                 seconds = time.perf_counter() - started
                 summary.update({
                     "mask": self.options.mask,
@@ -450,8 +451,10 @@ def run_scoring(
     return prepare_scoring(run_dir, options, model, trial).run()
 
 
-def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staged: Location) -> dict[str, Any]:
-    """The Ray Data pipeline: users -> scorer actor pool -> streamed into topk/ and user_metrics/ Parquet.
+def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOptions, staged: Location,
+           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The Ray Data pipeline: users -> scorer actor pool -> streamed into topk/ and user_metrics/ Parquet;
+    `progress(scored, total)` after each batch (then Ray Data's own progress display is off).
 
     The driver only ever holds one batch of top-k lists; the scores never leave the actors.
     """
@@ -462,6 +465,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
     users = ray.data.from_arrow(blocks)
     users.context.execution_no_progress_timeout_s = options.stall_timeout_s
     users.context.wait_for_min_actors_s = int(options.stall_timeout_s)  # all actors up before work: it spreads
+    users.context.enable_progress_bars = progress is None
     scored = users.map_batches(
         Scorer,
         fn_constructor_kwargs={
@@ -481,7 +485,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
     )
     report = tuple(metric.label for metric in options.report or ())
     tally = Tally(options.k, (*METRICS, *report))
-    progress = ScoringMetrics(staged.uri)
+    gauges = ScoringMetrics(staged.uri)
     writers: dict[str, pq.ParquetWriter] = {}
     try:
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -493,7 +497,9 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
                                                      filesystem=staged.filesystem)
                 writers[name].write_table(part)
             tally.add(batch)
-            progress.add(batch.num_rows)
+            gauges.add(batch.num_rows)
+            if progress is not None:
+                progress(tally.users, len(rows))
     finally:
         for writer in writers.values():
             writer.close()

@@ -16,11 +16,9 @@ from typing import Any
 import pandas as pd
 
 from raycf.data.source import DataSpec
+from raycf.layout import SELECT_FILE
 from raycf.metrics import Selection
-from raycf.repeats import train_on_seeds
 from raycf.storage import Location, parquet_bytes
-
-SELECT_FILE = "select.parquet"
 
 
 def candidates(trials: pd.DataFrame, selection: Selection, top: int) -> pd.DataFrame:
@@ -32,6 +30,10 @@ def run_selection(location: Location, facts: dict[str, Any], trials: pd.DataFram
                   selection: Selection) -> pd.DataFrame:
     """Train the candidates on every selection seed; write select.parquet (one row per trial and seed:
     `trial_id`, `model`, `seed`, `best_epoch`, `epochs_run`, `valid_*`, test `precision` ... `mrr`, `config`)."""
+    from raycf.repeats import (
+        train_on_seeds,  # Ray: only when the selection runs, not for the report
+    )
+
     spec = facts["select"]
     chosen = candidates(trials, selection, spec["top"])
     rows = train_on_seeds(DataSpec(**facts["data_spec"]), tuple(facts["fractions"]), tuple(spec["seeds"]),

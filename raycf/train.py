@@ -19,6 +19,7 @@ from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
 from raycf.errors import RaycfError
 from raycf.evaluate import evaluate_metrics, summarize
+from raycf.layout import CHECKPOINT_NAME, METRICS_FILE, SPLIT_DIR
 from raycf.memory import check_fit_memory
 from raycf.metrics import MASK_PROTOCOLS, METRICS, REPORT_K, Selection, standard_error
 from raycf.models import (
@@ -32,9 +33,6 @@ from raycf.models.checkpoint import save_checkpoint
 from raycf.storage import Location, PendingOutput
 
 K = REPORT_K
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_FILE = "metrics.json"
-SPLIT_DIR = "split"
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class Trainer:
             self.model = build_model(config, split.n_items).to(self.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = None if isinstance(self.model, FittedRecommender) else torch.optim.Adam(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+            self.model.parameter_groups(), lr=config.lr, fused=True
         )
         self.planned_epochs = planned_epochs(config)
         self.epoch = 0

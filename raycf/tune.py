@@ -21,9 +21,21 @@ from ray import tune
 from raycf.asha import PerModelASHA
 from raycf.cluster import check_shared_storage
 from raycf.config import TrainConfig
+from raycf.console import progress_reporter
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, load_split, save_split
 from raycf.errors import RaycfError
+from raycf.layout import (
+    BEST_FILE,
+    ENDED_FILE,
+    LEADERBOARD_FILE,
+    MODEL_FILE,
+    RETRIES_FILE,
+    SPLIT_DIR,
+    STATE_FILE,
+    STUDY_FILE,
+    TRIALS_FILE,
+)
 from raycf.memory import check_study_memory
 from raycf.metrics import METRICS, Selection
 from raycf.models import planned_epochs
@@ -36,18 +48,8 @@ from raycf.selection import rank, run_selection, seed_means
 from raycf.storage import Location, parquet_bytes
 from raycf.study import Study
 from raycf.tracking import log_study, tracking_callbacks
-from raycf.train import SPLIT_DIR, Trainer
+from raycf.train import Trainer
 
-STUDY_FILE = "study.json"
-LEADERBOARD_FILE = "leaderboard.parquet"
-TRIALS_FILE = "trials.parquet"
-BEST_FILE = "best.json"
-MODEL_FILE = "model.pt"
-STATE_FILE = "trainer.pt"
-ENDED_FILE = "ended.json"
-"""Written into the last checkpoint of a trial that Tune ended (ASHA stop or its own end)."""
-RETRIES_FILE = "retries.json"
-"""Each trial's failures (retries) by trial directory name, written by the driver when the study ends."""
 TIME_ATTR = "epoch"
 
 
@@ -173,6 +175,8 @@ class TuneOptions:
     """A local directory or a URI pyarrow understands."""
     name: str
     verbose: int = 1
+    quiet: bool = False
+    """Tune's progress table only, with the study's columns (raycf.console); the CLI's default."""
 
 
 # A trial checkpoints at every improving epoch (and every `checkpoint_every`) and keeps one checkpoint, which
@@ -222,6 +226,7 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
             callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection),
                        *tracking_callbacks(study.tracking, study_facts(study), str(options.storage), options.name)],
             verbose=options.verbose,
+            progress_reporter=progress_reporter(study.selection) if options.quiet else None,
         ),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_matrix, vstack
 
 from raycf.config import NEURAL_MODELS, TrainConfig
 from raycf.errors import CheckpointError, RaycfError
@@ -61,6 +61,56 @@ def test_autorec_loss_is_squared_error_over_all_items_plus_l2() -> None:
     )
     assert torch.allclose(model.loss(SparseBatch.from_csr(X), step=0), expected, atol=1e-4)
     assert torch.equal(model.scores(SparseBatch.from_csr(X)).argsort(1), x_hat.argsort(1))
+
+
+def double_batch(matrix: csr_matrix) -> tuple[SparseBatch, torch.Tensor]:
+    """The batch of `matrix` with float64 values (for gradcheck), and its dense rows."""
+    batch = SparseBatch.from_csr(matrix)
+    batch = SparseBatch(batch.indices, batch.offsets, batch.values.double() * 0.5, batch.rows, batch.size,
+                        batch.n_items)
+    dense = torch.zeros(batch.size, batch.n_items, dtype=torch.float64)
+    dense[batch.rows, batch.indices] = batch.values
+    return batch, dense
+
+
+def test_sparse_products_and_losses_have_the_dense_formulas_gradients() -> None:
+    """The hand-written backward passes (weight gradient by item, softmax and squared-error gradients) are those of
+    the dense formulas, an empty row included."""
+    from raycf.models.base import multinomial_nll, sparse_linear, squared_error
+
+    batch, x = double_batch(csr_matrix(vstack([X[:2], csr_matrix((1, X.shape[1])), X[3:]])))  # row 2 empty
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(X.shape[1], 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, generator=generator)
+    logits = torch.randn(X.shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    values = batch.values * 1.5  # inputs other than the targets
+    checks = [
+        (lambda w: sparse_linear(batch, values, w, bias), lambda w: 1.5 * x @ w + bias, weight),
+        (lambda z: multinomial_nll(z, batch), lambda z: -(torch.log_softmax(z, 1) * x).sum(1).mean(), logits),
+        (lambda z: squared_error(torch.sigmoid(z), batch), lambda z: ((x - torch.sigmoid(z)) ** 2).sum(1).mean(),
+         logits),
+    ]
+    for sparse, reference, tensor in checks:
+        assert torch.autograd.gradcheck(sparse, (tensor,))
+        assert torch.allclose(sparse(tensor), reference(tensor))
+        upstream = torch.randn_like(sparse(tensor))
+        assert torch.allclose(torch.autograd.grad(sparse(tensor), tensor, upstream)[0],
+                              torch.autograd.grad(reference(tensor), tensor, upstream)[0])
+    with pytest.raises(ValueError, match="values must not require a gradient"):
+        sparse_linear(batch, values.clone().requires_grad_(), weight, bias)
+
+
+def test_multvae_sample_and_kl_have_the_formulas_gradients() -> None:
+    from raycf.models.multvae import _GaussianSample
+
+    generator = torch.Generator().manual_seed(0)
+    mu, logvar, noise = (torch.randn(5, 3, dtype=torch.float64, generator=generator) for _ in range(3))
+    mu.requires_grad_()
+    logvar.requires_grad_()
+    std = torch.exp(0.5 * logvar)
+    reference = (mu + noise * std, 0.5 * (-logvar + mu**2 + logvar.exp() - 1).sum())
+    assert all(torch.allclose(a, b) for a, b in zip(_GaussianSample.apply(mu, logvar, noise), reference))
+    assert torch.autograd.gradcheck(lambda m, v: _GaussianSample.apply(m, v, noise), (mu, logvar))
 
 
 @pytest.mark.parametrize("name", NEURAL_MODELS)
@@ -198,15 +248,40 @@ def test_autorec_activations_are_applied() -> None:
 
 @pytest.mark.parametrize("name", NEURAL_MODELS)
 def test_weight_decay_is_adams(name: str, small_split) -> None:
-    """weight_decay is Adam's own (decoupled from the loss): the loss is unchanged, the optimizer carries it."""
+    """weight_decay is Adam's own (decoupled from the loss): the loss is unchanged, the optimizer carries it, on
+    every parameter (and l2 more on the penalized weights)."""
     config = TrainConfig.for_model(name, hidden=6, weight_decay=0.05)
     trainer = Trainer(small_split, config)
-    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [0.05]
+    decays = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    penalized = {id(weight) for weight in trainer.model.penalized()}
+    assert [decays[id(p)] for p in trainer.model.parameters()] == [
+        0.05 + config.l2 if id(p) in penalized else 0.05 for p in trainer.model.parameters()]
     plain = build_model(TrainConfig.for_model(name, hidden=6), small_split.n_items)
     plain.load_state_dict(trainer.model.state_dict())
     batch = SparseBatch.from_csr(small_split.train[:20])
     losses = [model.loss(batch, 0, torch.Generator().manual_seed(1)).item() for model in (trainer.model, plain)]
     assert losses[0] == losses[1]
+
+
+def test_the_l2_penalty_gradient_is_in_adams_step(small_split) -> None:
+    """The l2 penalty is in the loss's value; its gradient lambda * W reaches the penalized weights through Adam's
+    weight decay: a step equals Adam on the loss with the penalty differentiated by autograd."""
+    config = TrainConfig.for_model("autorec", hidden=6, l2=0.05, lr=0.01)
+    trainer = Trainer(small_split, config)
+    reference = build_model(config, small_split.n_items)
+    reference.load_state_dict(trainer.model.state_dict())
+    optimizer = torch.optim.Adam(reference.parameters(), lr=config.lr)
+    batch = SparseBatch.from_csr(small_split.train[:20])
+    penalty = 0.5 * config.l2 * sum(weight.square().sum() for weight in reference.penalized())
+    assert reference.l2_penalty() == pytest.approx(penalty.item(), rel=1e-6)
+    gradient_only = penalty - penalty.detach()  # the reference: the penalty's gradient by autograd
+    for loss, optimizer in ((trainer.model.loss(batch, 0), trainer.optimizer),
+                            (reference.loss(batch, 0) + gradient_only, optimizer)):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for trained, expected in zip(trainer.model.parameters(), reference.parameters()):
+        assert torch.allclose(trained, expected, atol=1e-6)
 
 
 def one_line_error(values: dict, match: str) -> None:

@@ -75,3 +75,25 @@ def test_gpu_training_matches_cpu_quality(small_split: Split) -> None:
     on_gpu, on_cpu = train(small_split, config, device="cuda"), train(small_split, config)
     assert next(on_gpu.model.parameters()).is_cuda
     assert on_gpu.best_valid["ndcg"] == pytest.approx(on_cpu.best_valid["ndcg"], abs=0.02)
+
+
+def test_validation_ranks_wide_rows_as_a_full_sort() -> None:
+    """top_k on rows wide enough for its grouped search (8192 items or more) ranks as a stable full sort: score
+    descending, ties to the lower index, known items never, -1 once a row runs out of candidates."""
+    import scipy.sparse as sp
+
+    from raycf.metrics import top_k
+
+    rng = np.random.default_rng(0)
+    n_items, k = 9001, 7
+    scores = torch.from_numpy(rng.integers(0, 40, size=(6, n_items)).astype(np.float32))  # many ties
+    scores[1] = 1.0  # one value everywhere
+    scores[2, rng.choice(n_items, 3)] = 99.0  # fewer top items than k, all in one column group or not
+    known = sp.random(6, n_items, density=0.3, format="csr", random_state=1)
+    known = sp.csr_matrix(sp.vstack([known[:5], sp.csr_matrix(np.r_[np.ones(n_items - 3), np.zeros(3)])]))
+    expected = []
+    for row in range(6):
+        candidates = np.setdiff1d(np.arange(n_items), known[row].indices)
+        order = candidates[np.lexsort((candidates, -scores[row, candidates].numpy()))][:k]
+        expected.append(np.pad(order, (0, k - len(order)), constant_values=-1))
+    assert np.array_equal(top_k(scores.clone(), known, k).numpy(), np.array(expected))

@@ -12,6 +12,7 @@ from raycf.models.base import (
     SparseBatch,
     input_dropout,
     sparse_linear,
+    squared_error,
 )
 
 
@@ -45,14 +46,10 @@ class AutoRec(NeuralRecommender):
 
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         values = input_dropout(batch.normalized_values(self.config.normalize), self.config.dropout, generator)
-        reconstruction = self.reconstruct(batch, values)
-        # sum_i (x_i - x_hat_i)^2 over all items, without densifying x: sum x_hat^2 - 2 x.x_hat + x.x
-        squared_error = (
-            reconstruction.square().sum()
-            - 2.0 * (batch.gather(reconstruction) * batch.values).sum()
-            + batch.values.square().sum()
-        ) / batch.size
-        return squared_error + self.l2_penalty(self.encoder_weight, self.decoder.weight)
+        return squared_error(self.reconstruct(batch, values), batch) + self.l2_penalty()
+
+    def penalized(self) -> list[nn.Parameter]:
+        return [self.encoder_weight, self.decoder.weight]
 
     def scores(self, batch: SparseBatch) -> torch.Tensor:
         # every output activation is monotone: ranking by logits is the same and avoids ties from

@@ -6,7 +6,8 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from functools import cached_property
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -54,10 +55,102 @@ class SparseBatch:
         """The entries of a dense (size x n_items) tensor at this batch's stored positions."""
         return dense[self.rows, self.indices]
 
+    @cached_property
+    def by_item(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The entries item by item (the transpose's CSR parts): (order, item_offsets, item_rows).
+
+        `order` lists entry positions item by item, rows ascending within an item; `item_offsets` is the start
+        of each item's run in it (length n_items); `item_rows` the row of each listed entry. A counting sort
+        (scipy's CSR to CSC), computed once per batch on the CPU.
+        """
+        indices = self.indices.cpu().numpy()
+        indptr = np.append(self.offsets.cpu().numpy(), len(indices))
+        positions = csr_matrix((np.arange(len(indices)), indices, indptr), shape=(self.size, self.n_items)).tocsc()
+        device = self.indices.device
+        return (torch.from_numpy(positions.data.astype(np.int64, copy=False)).to(device),
+                torch.from_numpy(positions.indptr[:-1].astype(np.int64, copy=False)).to(device),
+                torch.from_numpy(positions.indices.astype(np.int64, copy=False)).to(device))
+
+
+class _SparseLinear(torch.autograd.Function):
+    """X @ weight for the batch's rows X (entries `values`, a constant); the weight's gradient X^T @ grad is a
+    sum over each item's entries, so it is one embedding_bag over the transposed batch (the dense backward of
+    embedding_bag zero-fills, sorts and scatters)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, batch: SparseBatch, values: torch.Tensor) -> torch.Tensor:
+        ctx.batch = batch
+        ctx.save_for_backward(values)
+        return F.embedding_bag(batch.indices, weight, batch.offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (values,) = ctx.saved_tensors
+        order, item_offsets, item_rows = ctx.batch.by_item
+        weight_grad = F.embedding_bag(item_rows, grad, item_offsets, mode="sum", per_sample_weights=values[order])
+        return weight_grad, None, None
+
 
 def sparse_linear(batch: SparseBatch, values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(rows of batch with `values`) @ weight + bias, with weight laid out (n_items x out)."""
-    return F.embedding_bag(batch.indices, weight, batch.offsets, mode="sum", per_sample_weights=values) + bias
+    """(rows of batch with `values`) @ weight + bias, with weight laid out (n_items x out); `values` is an input,
+    not differentiated."""
+    if values.requires_grad:
+        raise ValueError("sparse_linear: values must not require a gradient (they are the model's input)")
+    return _SparseLinear.apply(weight, batch, values) + bias
+
+
+class _MultinomialNLL(torch.autograd.Function):
+    """-sum_u x_u . log_softmax(logits_u) / size, with its gradient (softmax * row mass - x) / size written in two
+    passes over the logits instead of autograd's gather, zero-fill and softmax backward."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=1)
+        ctx.batch = batch
+        ctx.save_for_backward(log_probs)
+        return -(batch.gather(log_probs) * batch.values).sum() / batch.size
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (log_probs,) = ctx.saved_tensors
+        batch = ctx.batch
+        scale = grad / batch.size
+        mass = batch.values.new_zeros(batch.size).index_add_(0, batch.rows, batch.values)
+        logits_grad = log_probs.exp().mul_((mass * scale)[:, None])
+        return logits_grad.index_put_((batch.rows, batch.indices), -batch.values * scale, accumulate=True), None
+
+
+def multinomial_nll(logits: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
+    """The batch's mean multinomial negative log-likelihood of its entries (weighted by their values) under
+    softmax(`logits`) (size x n_items)."""
+    return _MultinomialNLL.apply(logits, batch)
+
+
+class _SquaredError(torch.autograd.Function):
+    """sum (x - x_hat)^2 / size over every cell, from the dense `x_hat` and the sparse x, without densifying x;
+    its gradient 2 (x_hat - x) / size is one pass over x_hat and a scatter."""
+
+    @staticmethod
+    def forward(ctx: Any, reconstruction: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
+        ctx.batch = batch
+        ctx.save_for_backward(reconstruction)
+        flat = reconstruction.reshape(-1)  # sum x_hat^2 - 2 x.x_hat + x.x, the first in one pass
+        return (torch.dot(flat, flat) - 2.0 * (batch.gather(reconstruction) * batch.values).sum()
+                + batch.values.square().sum()) / batch.size
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (reconstruction,) = ctx.saved_tensors
+        batch = ctx.batch
+        scale = 2.0 * grad / batch.size
+        reconstruction_grad = reconstruction * scale
+        return reconstruction_grad.index_put_((batch.rows, batch.indices), -batch.values * scale, accumulate=True), None
+
+
+def squared_error(reconstruction: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
+    """The batch's mean (over users) squared error over all items between `reconstruction` (size x n_items) and
+    its multi-hot rows."""
+    return _SquaredError.apply(reconstruction, batch)
 
 
 def input_dropout(values: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -107,17 +200,38 @@ class Recommender(nn.Module, ABC):
 
 
 class NeuralRecommender(Recommender):
-    """A model trained by minibatch gradient descent on its `loss`."""
+    """A model trained by minibatch gradient descent on its `loss`, with Adam over its `parameter_groups`."""
 
     @abstractmethod
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss of one batch at update `step` (0-based), averaged over its users."""
+        """Training loss of one batch at update `step` (0-based), averaged over its users, plus the `l2_penalty`
+        (whose gradient the optimizer adds: see `parameter_groups`)."""
 
-    def l2_penalty(self, *weights: torch.Tensor) -> torch.Tensor | float:
-        """lambda/2 * sum of squared entries of `weights` (nothing to compute when lambda is 0)."""
+    @abstractmethod
+    def penalized(self) -> list[nn.Parameter]:
+        """The weight matrices the `l2` penalty covers."""
+
+    def l2_penalty(self) -> torch.Tensor | float:
+        """lambda/2 * sum of squared entries of the `penalized` weights, as a value without a gradient (0 when
+        lambda is 0)."""
         if self.config.l2 == 0.0:
             return 0.0
-        return 0.5 * self.config.l2 * sum(weight.square().sum() for weight in weights)
+        with torch.no_grad():
+            flat = [weight.reshape(-1) for weight in self.penalized()]
+            return 0.5 * self.config.l2 * sum(torch.dot(weight, weight) for weight in flat)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Adam's parameter groups: its weight decay (`weight_decay`, on every parameter) and, on the `penalized`
+        weights, lambda more: Adam's weight decay adds lambda * W to their gradient, which is the gradient of the
+        penalty lambda/2 |W|^2, inside the fused step instead of autograd's passes over the weights."""
+        decay, parameters = self.config.weight_decay, list(self.parameters())
+        if self.config.l2 == 0.0:
+            return [{"params": parameters, "weight_decay": decay}]
+        penalized = {id(weight) for weight in self.penalized()}
+        return [
+            {"params": [p for p in parameters if id(p) in penalized], "weight_decay": decay + self.config.l2},
+            {"params": [p for p in parameters if id(p) not in penalized], "weight_decay": decay},
+        ]
 
 
 class FittedRecommender(Recommender):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,8 +12,26 @@ from raycf.models.base import (
     NeuralRecommender,
     SparseBatch,
     input_dropout,
+    multinomial_nll,
     sparse_linear,
 )
+
+
+class _GaussianSample(torch.autograd.Function):
+    """z = mu + noise * exp(logvar / 2) and KL(N(mu, exp(logvar)) || N(0, I)) summed over the batch, with their
+    gradients in a handful of operations (autograd records some twenty small ones)."""
+
+    @staticmethod
+    def forward(ctx: Any, mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        std = torch.exp(0.5 * logvar)
+        variance = logvar.exp()
+        ctx.save_for_backward(mu, noise, std, variance)
+        return mu + noise * std, 0.5 * (-logvar + mu.square() + variance - 1.0).sum()
+
+    @staticmethod
+    def backward(ctx: Any, z_grad: torch.Tensor, kl_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        mu, noise, std, variance = ctx.saved_tensors
+        return z_grad + kl_grad * mu, 0.5 * (z_grad * noise * std + kl_grad * (variance - 1.0)), None
 
 
 class MultVAE(NeuralRecommender):
@@ -41,8 +61,8 @@ class MultVAE(NeuralRecommender):
             nn.init.xavier_uniform_(weight)
             nn.init.normal_(bias, std=0.001)
 
-    def weights(self) -> list[torch.Tensor]:
-        """The weight matrices (what `l2` penalises), the first encoder layer's first."""
+    def penalized(self) -> list[nn.Parameter]:
+        """The weight matrices, the first encoder layer's first."""
         layers = (*self.encoder_layers, *self.decoder_layers)
         return [self.encoder_weight, *(layer.weight for layer in layers), self.decoder.weight]
 
@@ -52,6 +72,13 @@ class MultVAE(NeuralRecommender):
             h = layer(torch.tanh(h))
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar
+
+    def mean(self, batch: SparseBatch, values: torch.Tensor) -> torch.Tensor:
+        """mu alone; without `layers` only the first layer's mu half is computed."""
+        if self.encoder_layers:
+            return self.encode(batch, values)[0]
+        hidden = self.config.hidden
+        return sparse_linear(batch, values, self.encoder_weight[:, :hidden], self.encoder_bias[:hidden])
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Item logits of latent codes `z`."""
@@ -68,13 +95,11 @@ class MultVAE(NeuralRecommender):
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         values = input_dropout(batch.normalized_values(self.config.normalize), self.config.dropout, generator)
         mu, logvar = self.encode(batch, values)
-        std = torch.exp(0.5 * logvar)
-        z = mu + torch.randn(std.shape, generator=generator).to(std.device) * std
-        log_probs = torch.log_softmax(self.decode(z), dim=1)
-        nll = -(batch.gather(log_probs) * batch.values).sum() / batch.size
-        kl = 0.5 * (-logvar + mu.square() + logvar.exp() - 1.0).sum() / batch.size
-        return nll + self.beta_at(step) * kl + self.l2_penalty(*self.weights())
+        noise = torch.randn(mu.shape, generator=generator).to(mu.device)
+        z, kl = _GaussianSample.apply(mu, logvar, noise)
+        nll = multinomial_nll(self.decode(z), batch)
+        return nll + self.beta_at(step) * (kl / batch.size) + self.l2_penalty()
 
     def scores(self, batch: SparseBatch) -> torch.Tensor:
-        mu, _ = self.encode(batch, batch.normalized_values(self.config.normalize))
-        return self.decode(mu)
+        return self.decode(self.mean(batch, batch.normalized_values(self.config.normalize)))
+
