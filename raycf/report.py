@@ -24,6 +24,8 @@ import matplotlib
 import pandas as pd
 import pyarrow.fs as pafs
 
+from raycf.compare import check_comparable, compare_outputs, read_scoring_output
+from raycf.compare import markdown as compare_markdown
 from raycf.config import MODEL_FIELDS, MODEL_NAMES, NEURAL_MODELS
 from raycf.errors import RaycfError
 from raycf.layout import (
@@ -493,6 +495,30 @@ def markdown_to_html(markdown: str, directory: Path, title: str) -> str:
             f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
+def scoring_outputs(run: Location) -> list[str]:
+    """The run's `raycf score` outputs inside it: `scores` and `scores-*` (e.g. `--out RUN/scores-ease`) that hold
+    a summary, sorted by name."""
+    entries = run.filesystem.get_file_info(pafs.FileSelector(run.path, allow_not_found=True))
+    names = sorted(entry.base_name for entry in entries if entry.type == pafs.FileType.Directory
+                   and (entry.base_name == SCORES_DIR or entry.base_name.startswith(f"{SCORES_DIR}-")))
+    return [f"{run.uri}/{name}" for name in names if Location.of(f"{run.uri}/{name}", "").current().has(SUMMARY_JSON)]
+
+
+def comparison_section(run: Location) -> list[str]:
+    """With several scoring outputs in the run, their per-user paired comparison (raycf compare), else nothing."""
+    names = scoring_outputs(run)
+    if len(names) < 2:
+        return []
+    try:
+        outputs = [read_scoring_output(name) for name in names]
+        check_comparable(outputs)
+    except RaycfError as error:
+        return ["## Per-user comparison", f"The run's scoring outputs are not compared: {error}"]
+    compared = compare_markdown(compare_outputs(outputs)).split("\n", 1)[1].strip()  # without its own title
+    return ["## Per-user comparison", f"The run's {len(names)} scoring outputs, paired user by user (as `raycf "
+            f"compare {' '.join(names)}` computes them).", compared.replace("\n## ", "\n### ")]
+
+
 def write_report(run_dir: str, scores: str | None = None) -> str:
     """Write report.md, the PNG figures and report.html into `run_dir` (a path or a URI); returns report.md's
     path or URI."""
@@ -512,7 +538,7 @@ def write_report(run_dir: str, scores: str | None = None) -> str:
                   *leaderboard_section(report, varying), *curves_section(drawn, len(report.trials), report.selection),
                   *hyperparameter_section(report.trials, varying, report.selection),
                   *selection_section(directory, report.selection), *test_section(summary, run_dir, scores),
-                  *repeats_section(directory)]
+                  *comparison_section(run), *repeats_section(directory)]
         markdown = "\n\n".join(blocks) + "\n"
         (directory / REPORT_MD).write_text(markdown)
         (directory / REPORT_HTML).write_text(markdown_to_html(markdown, directory, title))

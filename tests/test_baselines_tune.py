@@ -20,7 +20,7 @@ from raycf.errors import RaycfError
 from raycf.evaluate import evaluate_model, summarize
 from raycf.memory import check_fit_memory
 from raycf.models.checkpoint import load_checkpoint
-from raycf.report import REPORT_HTML
+from raycf.report import REPORT_HTML, REPORT_MD
 from raycf.score import SCORES_DIR, SUMMARY_JSON
 from raycf.storage import parse_results
 from raycf.tune import LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
@@ -87,9 +87,17 @@ def test_score_and_report_take_a_baseline(baseline_run: Path) -> None:
     model, _ = load_checkpoint(baseline_run / leaderboard.loc["ease", "checkpoint"])
     test = summarize(evaluate_model(model, split, "test"))
     assert summary["ndcg"] == pytest.approx(test["ndcg"], abs=1e-9) and summary["users_evaluated"] == test["users"]
+    assert run_raycf("score", str(baseline_run), "--model", "pop", "--actors", "1", "--out",
+                     str(baseline_run / "scores-pop")) == 0
     assert run_raycf("report", str(baseline_run)) == 0
     page = (baseline_run / REPORT_HTML).read_text()
     assert all(label in page for label in ("Popularity", "EASE", "ItemKNN", "iALS"))
+    report = (baseline_run / REPORT_MD).read_text()  # two scored models: compared user by user
+    compared = report.split("## Per-user comparison", 1)[1]
+    assert f"raycf compare {baseline_run / 'scores'} {baseline_run / 'scores-pop'}" in compared
+    ndcg = next(line for line in compared.splitlines() if line.startswith("| ndcg@5 |"))
+    pop = json.loads((baseline_run / "scores-pop" / SUMMARY_JSON).read_text())
+    assert f"| {summary['ndcg'] - pop['ndcg']:+.4f} |" in ndcg  # EASE minus popularity, as the summaries say
 
 
 def test_the_memory_guard_names_the_items_and_bytes() -> None:
