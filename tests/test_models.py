@@ -101,6 +101,7 @@ def test_sparse_products_and_losses_have_the_dense_formulas_gradients() -> None:
 
 
 def test_multvae_sample_and_kl_have_the_formulas_gradients() -> None:
+    """The reparameterised sample and the KL term, computed and differentiated by hand, are the formulas'."""
     from raycf.models.multvae import _GaussianSample
 
     generator = torch.Generator().manual_seed(0)
@@ -270,13 +271,13 @@ def test_the_l2_penalty_gradient_is_in_adams_step(small_split) -> None:
     trainer = Trainer(small_split, config)
     reference = build_model(config, small_split.n_items)
     reference.load_state_dict(trainer.model.state_dict())
-    optimizer = torch.optim.Adam(reference.parameters(), lr=config.lr)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=config.lr)
     batch = SparseBatch.from_csr(small_split.train[:20])
     penalty = 0.5 * config.l2 * sum(weight.square().sum() for weight in reference.penalized())
     assert reference.l2_penalty() == pytest.approx(penalty.item(), rel=1e-6)
     gradient_only = penalty - penalty.detach()  # the reference: the penalty's gradient by autograd
     for loss, optimizer in ((trainer.model.loss(batch, 0), trainer.optimizer),
-                            (reference.loss(batch, 0) + gradient_only, optimizer)):
+                            (reference.loss(batch, 0) + gradient_only, reference_optimizer)):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -88,7 +88,7 @@ def test_validation_ranks_wide_rows_as_a_full_sort() -> None:
     n_items, k = 9001, 7
     scores = torch.from_numpy(rng.integers(0, 40, size=(6, n_items)).astype(np.float32))  # many ties
     scores[1] = 1.0  # one value everywhere
-    scores[2, rng.choice(n_items, 3)] = 99.0  # fewer top items than k, all in one column group or not
+    scores[2, rng.choice(n_items, 3)] = 99.0  # three clear winners, then ties
     known = sp.random(6, n_items, density=0.3, format="csr", random_state=1)
     known = sp.csr_matrix(sp.vstack([known[:5], sp.csr_matrix(np.r_[np.ones(n_items - 3), np.zeros(3)])]))
     expected = []
