@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from raycf.config import TrainConfig
+from raycf.config import MATMUL_DTYPES, TrainConfig
 from raycf.data.split import Split
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
@@ -147,29 +147,29 @@ class ModelRun(NamedTuple):
     threads: int
 
 
-def run_model(split: Split, model: str, epochs: int, warmup: int, device: str, threads: int | None) -> ModelRun:
+def run_model(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
     """In a fresh process: time `epochs` epochs and validations of `model` (after `warmup` epochs) and measure the
     matmul rate before and after them."""
     from raycf.train import Trainer
 
     reset_peak_rss()
-    if threads:
-        torch.set_num_threads(threads)
-    before = dense_matmul_gflops(device)
-    trainer = Trainer(split, TrainConfig.for_model(model, seed=0), device)
-    for _ in range(warmup):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    before = dense_matmul_gflops(args.device)
+    trainer = Trainer(split, TrainConfig.for_model(model, seed=0, matmul_dtype=args.matmul_dtype), args.device)
+    for _ in range(args.warmup):
         trainer.train_epoch()
-    epoch = median([timed(trainer.train_epoch) for _ in range(epochs)])
-    valid = median([timed(trainer.validate) for _ in range(epochs)])
+    epoch = median([timed(trainer.train_epoch) for _ in range(args.epochs)])
+    valid = median([timed(trainer.validate) for _ in range(args.epochs)])
     peak = peak_rss_mb()
-    after = dense_matmul_gflops(device)
+    after = dense_matmul_gflops(args.device)
     rate = Clocks(max(before.wall, after.wall), max(before.cpu, after.cpu))
     return ModelRun(epoch, valid, rate, peak, torch.get_num_threads())
 
 
 def in_own_process(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_model, split, model, args.epochs, args.warmup, args.device, args.threads).result()
+        return pool.submit(run_model, split, model, args).result()
 
 
 def table_row(split: Split, model: str, run: ModelRun) -> str:
@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 gives "
                         "steadier figures on a machine busy with other work")
+    parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32",
+                        help="the models' matmul_dtype (bfloat16: mixed-precision output layer; the bound stays float32's)")
     parser.add_argument("--split-cache", help="directory keeping the split between runs (created if missing)")
     args = parser.parse_args()
     small = args.shape == "ml1m"

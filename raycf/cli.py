@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from raycf.cluster import DASHBOARD_HOST
-from raycf.config import ACTIVATIONS, MODEL_NAMES, NORMALIZATIONS
+from raycf.config import ACTIVATIONS, MATMUL_DTYPES, MODEL_NAMES, NORMALIZATIONS
 from raycf.data.datasets import DATASETS
 from raycf.data.loaders import FORMATS
 from raycf.data.source import SYNTHETIC, DataSpec
@@ -192,6 +192,9 @@ def cli() -> None:
 @click.option("--normalize", type=click.Choice(NORMALIZATIONS), default=None, help="Input normalisation.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (1e-3).")
 @click.option("--batch-size", type=int, default=None, help="Users per batch (100).")
+@click.option("--matmul-dtype", type=click.Choice(MATMUL_DTYPES), default=None,
+              help="Neural models: precision of the output layer's training products (float32; bfloat16 is mixed "
+                   "precision, faster on CPUs with AVX512-BF16 or AMX).")
 @click.option("--max-epochs", type=int, default=None, help="Epoch limit (1000).")
 @click.option("--patience", type=int, default=None, help="Early stopping patience in epochs (50).")
 @click.option("--eval-every", type=int, default=None, help="Validate every N epochs (1).")

@@ -150,6 +150,12 @@ def _flat_index(x: sp.csr_matrix) -> np.ndarray:
     return np.repeat(starts, np.diff(x.indptr)) + x.indices
 
 
+def mask_known(scores: torch.Tensor, known: sp.spmatrix) -> None:
+    """Set the contiguous `scores` (rows x items) to -inf at the items of `known` (same shape), in place."""
+    positions = torch.from_numpy(_flat_index(_canonical(known))).to(scores.device)
+    scores.view(-1).index_fill_(0, positions, -torch.inf)
+
+
 def known_items(train: sp.spmatrix, valid: sp.spmatrix, protocol: str) -> sp.csr_matrix:
     """The items to mask when ranking: those of `train`, or of `train` and `valid` together."""
     if protocol not in MASK_PROTOCOLS:
@@ -186,9 +192,7 @@ def top_k(scores: torch.Tensor, known: sp.spmatrix, k: int) -> torch.Tensor:
     n_rows, m = scores.shape
     device = scores.device
     scores = scores.contiguous()
-    scores.view(-1).index_fill_(
-        0, torch.from_numpy(_flat_index(known)).to(device), -torch.inf
-    )
+    mask_known(scores, known)
     n_cand = torch.from_numpy(m - np.diff(known.indptr).astype(np.int64)).to(device)
 
     kk = min(k, m)
@@ -350,7 +354,7 @@ def evaluate(
     known: sp.spmatrix,
     heldout: sp.spmatrix,
     k: int = 5,
-    batch_size: int = 256,
+    batch_size: int = 1024,
 ) -> dict[str, np.ndarray]:
     """Per-user METRICS at k for all users, plus int arrays "n_heldout" and "hits" (their counts) and the
     (n_users x k) bool "ranked_hits" for metrics_at (all False for users without a held-out item).
@@ -383,7 +387,7 @@ def check_disjoint(known: sp.spmatrix, heldout: sp.spmatrix) -> tuple[sp.csr_mat
 
 def evaluate_ranked(
     rank_fn: Callable[[np.ndarray], torch.Tensor | np.ndarray], heldout: sp.spmatrix, k: int = 5,
-    batch_size: int = 256,
+    batch_size: int = 1024,
 ) -> dict[str, np.ndarray]:
     """As `evaluate`, from `rank_fn(users)`: each user's top k item indices (-1 padded), called in batches of
     users with a held-out item."""

@@ -25,7 +25,7 @@ from raycf.metrics import MASK_PROTOCOLS, METRICS, REPORT_K, Selection, standard
 from raycf.models import (
     FittedRecommender,
     Recommender,
-    SparseBatch,
+    SparseRows,
     build_model,
     planned_epochs,
 )
@@ -81,6 +81,8 @@ class Trainer:
             self.model.parameter_groups(), lr=config.lr, fused=True
         )
         self.planned_epochs = planned_epochs(config)
+        self.train_rows = None if self.optimizer is None else SparseRows(split.train[split.train_users], self.device)
+        """The train rows of the users it trains on, resident on the device for the whole run."""
         self.epoch = 0
         self.step = 0
         self.best_epoch = 0
@@ -105,11 +107,11 @@ class Trainer:
             self.model.fit_iteration(self.split.train, self.epoch)
             self.epoch += 1
             return float("nan")
-        users = self.split.train_users  # every user, but the held-out ones of the `users` scheme
-        order = users[torch.randperm(len(users), generator=self.generator).numpy()]
+        order = torch.randperm(len(self.split.train_users), generator=self.generator).to(self.device)
+        shuffled = self.train_rows.permuted(order)
         losses = []
-        for start in range(0, len(order), self.config.batch_size):
-            batch = SparseBatch.from_csr(self.split.train[order[start : start + self.config.batch_size]], self.device)
+        for start in range(0, shuffled.n_rows, self.config.batch_size):
+            batch = shuffled.batch(start, min(start + self.config.batch_size, shuffled.n_rows))
             loss = self.model.loss(batch, self.step, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -362,7 +362,7 @@ def test_train_command_options_reach_the_checkpoint(tmp_path, capsys) -> None:
     assert run_raycf("train", "--model", "autorec", *fast, "--layers", "600", "--out", str(tmp_path / "x")) == 2
     assert capsys.readouterr().err.strip() == (
         "raycf: error: config: layers is not a hyperparameter of autorec (autorec takes hidden, hidden_activation, "
-        "output_activation, l2, lr, batch_size, weight_decay, dropout, normalize); remove it")
+        "output_activation, l2, lr, batch_size, weight_decay, dropout, normalize, matmul_dtype); remove it")
     assert run_raycf("train", "--model", "multvae", *fast, "--layers", "6x", "--out", str(tmp_path / "x")) == 2
     assert "field 'layers' must be comma-separated ints like 600,200" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

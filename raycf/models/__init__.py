@@ -10,6 +10,7 @@ from raycf.models.base import (
     NeuralRecommender,
     Recommender,
     SparseBatch,
+    SparseRows,
 )
 from raycf.models.ease import EASE
 from raycf.models.ials import IALS
@@ -36,4 +37,4 @@ def planned_epochs(config: TrainConfig) -> int:
 
 
 __all__ = ["MODELS", "AutoRec", "EASE", "FittedRecommender", "IALS", "ItemKNN", "MultVAE", "NeuralRecommender",
-           "Popularity", "Recommender", "SparseBatch", "build_model", "planned_epochs"]
+           "Popularity", "Recommender", "SparseBatch", "SparseRows", "build_model", "planned_epochs"]

@@ -11,6 +11,7 @@ from raycf.models.base import (
     NeuralRecommender,
     SparseBatch,
     input_dropout,
+    output_product,
     sparse_linear,
     squared_error,
 )
@@ -32,17 +33,18 @@ class AutoRec(NeuralRecommender):
         nn.init.xavier_uniform_(self.decoder.weight)
         nn.init.zeros_(self.decoder.bias)
 
-    def logits(self, batch: SparseBatch, values: torch.Tensor) -> torch.Tensor:
-        """V f(W x + b) + c: the reconstruction before its activation g."""
+    def hidden(self, batch: SparseBatch, values: torch.Tensor) -> torch.Tensor:
+        """f(W x + b) for the batch's rows with entries `values`."""
         activation = ACTIVATION_FUNCTIONS[self.config.hidden_activation]
-        hidden = activation(sparse_linear(batch, values, self.encoder_weight, self.encoder_bias))
-        return self.decoder(hidden)
+        return activation(sparse_linear(batch, values, self.encoder_weight, self.encoder_bias))
 
     def reconstruct(self, batch: SparseBatch, values: torch.Tensor | None = None) -> torch.Tensor:
-        """x_hat = g(logits): what the squared error compares with x (`values`: the batch's, normalised)."""
+        """x_hat = g(V f(W x + b) + c): what the squared error compares with x (`values`: the batch's,
+        normalised), V's product in the config's matmul_dtype."""
         if values is None:
             values = batch.normalized_values(self.config.normalize)
-        return ACTIVATION_FUNCTIONS[self.config.output_activation](self.logits(batch, values))
+        logits = output_product(self.hidden(batch, values), self.decoder, self.config.matmul_dtype)
+        return ACTIVATION_FUNCTIONS[self.config.output_activation](logits)
 
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         values = input_dropout(batch.normalized_values(self.config.normalize), self.config.dropout, generator)
@@ -51,7 +53,7 @@ class AutoRec(NeuralRecommender):
     def penalized(self) -> list[nn.Parameter]:
         return [self.encoder_weight, self.decoder.weight]
 
-    def scores(self, batch: SparseBatch) -> torch.Tensor:
-        # every output activation is monotone: ranking by logits is the same and avoids ties from
-        # saturation (sigmoid) or clipping (relu)
-        return self.logits(batch, batch.normalized_values(self.config.normalize))
+    def features(self, batch: SparseBatch) -> torch.Tensor:
+        # scores are the logits V f(W x + b) + c: every output activation is monotone, so ranking by logits is
+        # the same and avoids ties from saturation (sigmoid) or clipping (relu)
+        return self.hidden(batch, batch.normalized_values(self.config.normalize))

@@ -34,15 +34,7 @@ class SparseBatch:
 
     @classmethod
     def from_csr(cls, matrix: csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
-        counts = np.diff(matrix.indptr)
-        return cls(
-            indices=torch.from_numpy(matrix.indices.astype(np.int64, copy=False)).to(device),
-            offsets=torch.from_numpy(matrix.indptr[:-1].astype(np.int64, copy=False)).to(device),
-            values=torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device),
-            rows=torch.from_numpy(np.repeat(np.arange(matrix.shape[0], dtype=np.int64), counts)).to(device),
-            size=matrix.shape[0],
-            n_items=matrix.shape[1],
-        )
+        return SparseRows(matrix, device).batch(0, matrix.shape[0])
 
     def normalized_values(self, normalize: str) -> torch.Tensor:
         """The entries scaled so each row has unit L2 norm ("l2") or as they are ("none")."""
@@ -70,6 +62,48 @@ class SparseBatch:
         return (torch.from_numpy(positions.data.astype(np.int64, copy=False)).to(device),
                 torch.from_numpy(positions.indptr[:-1].astype(np.int64, copy=False)).to(device),
                 torch.from_numpy(positions.indices.astype(np.int64, copy=False)).to(device))
+
+
+class SparseRows:
+    """A users x items CSR matrix as torch tensors on a device, from which batches of consecutive rows are cut
+    without copying; `permuted` reorders its rows on the device (a training epoch's shuffle)."""
+
+    def __init__(self, matrix: csr_matrix, device: torch.device | str = "cpu") -> None:
+        self.n_items = matrix.shape[1]
+        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
+        self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
+        self.values = torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def permuted(self, order: torch.Tensor) -> SparseRows:
+        """The rows `order` (indices into these rows), in that order."""
+        starts, counts = self.indptr[:-1][order], self.indptr[1:][order] - self.indptr[:-1][order]
+        indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        # entry e of new row r comes from starts[r] + (e - indptr[r])
+        source = torch.arange(int(indptr[-1]), device=indptr.device) + torch.repeat_interleave(
+            starts - indptr[:-1], counts, output_size=int(indptr[-1]))
+        rows = object.__new__(SparseRows)
+        rows.n_items, rows.indptr = self.n_items, indptr
+        rows.indices, rows.values = self.indices[source], self.values[source]
+        return rows
+
+    def batch(self, start: int, stop: int) -> SparseBatch:
+        """Rows start..stop-1 as a SparseBatch (views of these tensors but for the offsets and row numbers)."""
+        offsets = self.indptr[start:stop]
+        first, last = int(self.indptr[start]), int(self.indptr[stop])
+        counts = self.indptr[start + 1 : stop + 1] - offsets
+        return SparseBatch(
+            indices=self.indices[first:last],
+            offsets=offsets - first,
+            values=self.values[first:last],
+            rows=torch.repeat_interleave(torch.arange(stop - start, device=offsets.device), counts,
+                                         output_size=last - first),
+            size=stop - start,
+            n_items=self.n_items,
+        )
 
 
 class _SparseLinear(torch.autograd.Function):
@@ -164,6 +198,15 @@ def input_dropout(values: torch.Tensor, rate: float, generator: torch.Generator 
     return values * keep / (1.0 - rate)
 
 
+def output_product(x: torch.Tensor, layer: nn.Linear, matmul_dtype: str) -> torch.Tensor:
+    """layer(x) in float32, its product taken in `matmul_dtype` (raycf.config.MATMUL_DTYPES): the inputs, weight
+    and bias rounded to it, the result and (through autograd's casts) the weight's gradient back in float32."""
+    if matmul_dtype == "float32":
+        return layer(x)
+    dtype = getattr(torch, matmul_dtype)
+    return F.linear(x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype)).float()
+
+
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
     "sigmoid": torch.sigmoid,
@@ -200,7 +243,17 @@ class Recommender(nn.Module, ABC):
 
 
 class NeuralRecommender(Recommender):
-    """A model trained by minibatch gradient descent on its `loss`, with Adam over its `parameter_groups`."""
+    """A model trained by minibatch gradient descent on its `loss`, with Adam over its `parameter_groups`; it
+    scores through a last linear layer, `decoder` (items x features)."""
+
+    decoder: nn.Linear
+
+    @abstractmethod
+    def features(self, batch: SparseBatch) -> torch.Tensor:
+        """What the last layer reads when ranking (batch size x features): `scores` is decoder(features)."""
+
+    def scores(self, batch: SparseBatch) -> torch.Tensor:
+        return self.decoder(self.features(batch))
 
     @abstractmethod
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:

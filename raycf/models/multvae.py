@@ -13,6 +13,7 @@ from raycf.models.base import (
     SparseBatch,
     input_dropout,
     multinomial_nll,
+    output_product,
     sparse_linear,
 )
 
@@ -80,11 +81,11 @@ class MultVAE(NeuralRecommender):
         hidden = self.config.hidden
         return sparse_linear(batch, values, self.encoder_weight[:, :hidden], self.encoder_bias[:hidden])
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Item logits of latent codes `z`."""
+    def decoder_features(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's tanh layers applied to latent codes `z`: the input of its last layer."""
         for layer in self.decoder_layers:
             z = torch.tanh(layer(z))
-        return self.decoder(z)
+        return z
 
     def beta_at(self, step: int) -> float:
         """Constant beta, or a linear anneal from 0 capped at beta."""
@@ -97,9 +98,10 @@ class MultVAE(NeuralRecommender):
         mu, logvar = self.encode(batch, values)
         noise = torch.randn(mu.shape, generator=generator).to(mu.device)
         z, kl = _GaussianSample.apply(mu, logvar, noise)
-        nll = multinomial_nll(self.decode(z), batch)
+        logits = output_product(self.decoder_features(z), self.decoder, self.config.matmul_dtype)
+        nll = multinomial_nll(logits, batch)
         return nll + self.beta_at(step) * (kl / batch.size) + self.l2_penalty()
 
-    def scores(self, batch: SparseBatch) -> torch.Tensor:
-        return self.decode(self.mean(batch, batch.normalized_values(self.config.normalize)))
+    def features(self, batch: SparseBatch) -> torch.Tensor:
+        return self.decoder_features(self.mean(batch, batch.normalized_values(self.config.normalize)))
 

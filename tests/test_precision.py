@@ -1,0 +1,136 @@
+"""Mixed precision (matmul_dtype: bfloat16): the output layer's products in bfloat16, float32 everywhere else, and
+rankings that stay the float32 ones (raycf.ranking's two stages); the device-resident training rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import csr_matrix
+from torch import nn
+
+from raycf.config import TrainConfig
+from raycf.data.split import Split
+from raycf.errors import RaycfError
+from raycf.metrics import top_k
+from raycf.models import SparseBatch, SparseRows, build_model
+from raycf.models.base import output_product
+from raycf.ranking import candidate_count, rank, rank_in_two_stages
+from raycf.train import Trainer
+
+
+def dense(batch: SparseBatch) -> torch.Tensor:
+    matrix = torch.zeros(batch.size, batch.n_items)
+    matrix[batch.rows, batch.indices] = batch.values
+    return matrix
+
+
+def test_float32_output_product_is_the_layer_itself() -> None:
+    layer, x = nn.Linear(6, 9), torch.randn(4, 6)
+    assert torch.equal(output_product(x, layer, "float32"), layer(x))
+
+
+def test_bfloat16_output_product_and_gradients_err_within_bfloat16_rounding() -> None:
+    torch.manual_seed(0)
+    layer, x = nn.Linear(16, 50), torch.randn(20, 16, requires_grad=True)
+    grad = torch.randn(20, 50)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        layer.zero_grad()
+        x.grad = None
+        out = output_product(x, layer, dtype)
+        out.backward(grad)
+        results[dtype] = (out.detach(), layer.weight.grad.clone(), layer.bias.grad.clone(), x.grad.clone())
+        assert out.dtype == layer.weight.grad.dtype == x.grad.dtype == torch.float32
+    exact, mixed = results["float32"], results["bfloat16"]
+    scales = (x.abs() @ layer.weight.abs().T + layer.bias.abs(), grad.abs().T @ x.abs(), grad.abs().sum(0),
+              grad.abs() @ layer.weight.abs())
+    for exact_part, mixed_part, scale in zip(exact, mixed, scales):
+        error = (exact_part - mixed_part).abs()
+        assert (error <= 2.0**-6 * scale.detach() + 1e-6).all()
+        assert error.max() > 0  # the products really ran in bfloat16
+
+
+def test_sparse_rows_permuted_and_cut_equal_scipy_row_selection() -> None:
+    rng = np.random.default_rng(3)
+    values = (rng.random((30, 12)) < 0.25) * rng.integers(1, 5, (30, 12)).astype(np.float32)
+    values[[4, 17]] = 0  # empty rows
+    matrix = csr_matrix(values)
+    order = rng.permutation(30)[:23]
+    rows = SparseRows(matrix).permuted(torch.from_numpy(order))
+    assert rows.n_rows == 23
+    expected = matrix[order]
+    for start, stop in ((0, 10), (10, 20), (20, 23)):
+        batch = rows.batch(start, stop)
+        assert (batch.size, batch.n_items) == (stop - start, 12)
+        assert torch.equal(dense(batch), torch.from_numpy(expected[start:stop].toarray()))
+        assert torch.equal(batch.offsets, torch.from_numpy(expected[start:stop].indptr[:-1].astype(np.int64)))
+
+
+def trained(split: Split, model: str, matmul_dtype: str, epochs: int = 4) -> Trainer:
+    trainer = Trainer(split, TrainConfig.for_model(model, seed=0, hidden=16, matmul_dtype=matmul_dtype))
+    for _ in range(epochs):
+        trainer.train_epoch()
+    return trainer
+
+
+def float32_twin(trainer: Trainer):
+    """The trained model's weights in a float32 model, ranking by plain float32 scores."""
+    twin = build_model(TrainConfig.for_model(trainer.config.model, seed=0, hidden=16), trainer.split.n_items)
+    twin.load_state_dict(trainer.model.state_dict())
+    return twin.eval()
+
+
+@pytest.mark.parametrize("model", ["multvae", "autorec"])
+@pytest.mark.parametrize("k", [5, 20])
+def test_two_stage_ranking_gives_the_float32_ranking(small_split: Split, model: str, k: int) -> None:
+    trainer = trained(small_split, model, "bfloat16")
+    mixed, twin = trainer.model.eval(), float32_twin(trainer)
+    inputs, known = small_split.inputs("valid"), small_split.known("valid", "train")
+    top, scores = rank(mixed, inputs, known, k)
+    expected_top, expected_scores = rank(twin, inputs, known, k)
+    assert torch.equal(top, expected_top)
+    assert torch.allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_two_stage_ranking_falls_back_to_float32_where_it_cannot_prove_the_order() -> None:
+    """Scores 1 + 0.00009 (40 - |j - 20.3|) of item j (best: 20, 21, 19, 22, 18) all round to 1 in bfloat16, so
+    the coarse stage cannot tell the items apart and proves no row: each row gets its float32 order; a row with
+    fewer unknown items than candidates is proven (every unknown item is a candidate) and padded with -1."""
+    layer = nn.Linear(1, 40)
+    with torch.no_grad():
+        layer.weight.copy_(1 + 0.00009 * (40 - (torch.arange(40.0) - 20.3).abs())[:, None])
+        layer.bias.zero_()
+    assert (layer.weight.to(torch.bfloat16) == 1).all()
+    known = np.zeros((2, 40), dtype=np.float32)
+    known[0, [19]] = 1
+    known[1, 3:] = 1  # three unknown items: 0, 1, 2
+    known = csr_matrix(known)
+    assert candidate_count(5, 40) > 3
+    with torch.no_grad():
+        top, scores = rank_in_two_stages(torch.ones(2, 1), layer, known, 5, torch.bfloat16)
+        assert torch.equal(top, top_k(layer(torch.ones(2, 1)), known, 5))
+    assert top.tolist() == [[20, 21, 22, 18, 23], [2, 1, 0, -1, -1]]
+    assert torch.allclose(scores[0], layer.weight[top[0], 0])
+
+
+def test_bfloat16_training_is_reproducible_and_differs_from_float32(small_split: Split) -> None:
+    first, second = (trained(small_split, "multvae", "bfloat16", epochs=2) for _ in range(2))
+    exact = trained(small_split, "multvae", "float32", epochs=2)
+    for name, weight in first.model.state_dict().items():
+        assert torch.equal(weight, second.model.state_dict()[name]), name
+    decoder, exact_decoder = first.model.decoder.weight, exact.model.decoder.weight
+    assert not torch.equal(decoder, exact_decoder)
+    assert (decoder - exact_decoder).norm() < 0.05 * exact_decoder.norm()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": "multvae", "matmul_dtype": "float16"}, "matmul_dtype must be one of float32, bfloat16, got 'float16'"),
+        ({"model": "ease", "matmul_dtype": "bfloat16"}, "matmul_dtype is not a hyperparameter of ease"),
+    ],
+)
+def test_bad_matmul_dtype_is_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(RaycfError, match=message):
+        TrainConfig.for_model(overrides.pop("model"), **overrides)
