@@ -18,8 +18,8 @@ from raycf.data.loaders import FORMATS
 from raycf.data.source import SYNTHETIC, DataSpec
 from raycf.data.split import SCHEMES
 from raycf.errors import RaycfError
+from raycf.layout import MASK_PROTOCOLS
 from raycf.metrics import (
-    MASK_PROTOCOLS,
     METRICS,
     MetricAt,
     Selection,

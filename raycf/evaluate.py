@@ -9,7 +9,6 @@ import numpy as np
 
 from raycf.data.split import Split
 from raycf.metrics import (
-    MASK_PROTOCOLS,
     METRICS,
     MetricAt,
     check_disjoint,
@@ -35,8 +34,6 @@ def evaluate_model(
     items too."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    if mask not in MASK_PROTOCOLS:
-        raise ValueError(f"unknown mask protocol {mask!r}; expected one of {MASK_PROTOCOLS}")
     known, heldout = check_disjoint(split.known(part, mask if part == "test" else "train"), getattr(split, part))
     inputs = split.inputs(part)
     was_training = model.training

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 REPORT_K = 5
 """Every run reports validation and test P/R/NDCG/MRR at this k (the write-up's), whatever it selects on."""
+MASK_PROTOCOLS = ("train", "train+valid")
+"""What test ranks never include: the user's inputs ("train"), or those and the validation items."""
 
 # a split, in every run directory
 SPLIT_DIR = "split"

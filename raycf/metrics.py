@@ -22,7 +22,6 @@ METRICS = ("precision", "recall", "ndcg", "mrr")
 """The metrics every run reports at REPORT_K."""
 ALL_METRICS = (*METRICS, "hit_rate", "map")
 """Every metric computable at any k (hit_rate: any hit in the top k; map: average precision at k)."""
-MASK_PROTOCOLS = ("train", "train+valid")
 MODES = ("max", "min")
 FIXED_POINT_BITS = 60  # metric values in [0, 1] are summed as whole multiples of 2**-60
 _GROUPS = 32  # top_k: column groups whose maxima are ranked first (see _largest)
@@ -154,21 +153,6 @@ def mask_known(scores: torch.Tensor, known: sp.spmatrix) -> None:
     """Set the contiguous `scores` (rows x items) to -inf at the items of `known` (same shape), in place."""
     positions = torch.from_numpy(_flat_index(_canonical(known))).to(scores.device)
     scores.view(-1).index_fill_(0, positions, -torch.inf)
-
-
-def known_items(train: sp.spmatrix, valid: sp.spmatrix, protocol: str) -> sp.csr_matrix:
-    """The items to mask when ranking: those of `train`, or of `train` and `valid` together."""
-    if protocol not in MASK_PROTOCOLS:
-        raise ValueError(
-            f"unknown mask protocol {protocol!r}; expected one of {MASK_PROTOCOLS}"
-        )
-    if train.shape != valid.shape:
-        raise ValueError(f"train {train.shape} and valid {valid.shape} differ in shape")
-    if protocol == "train":
-        return _pattern(train)
-    union = _pattern(train) + _pattern(valid)
-    union.data[:] = 1
-    return union
 
 
 def top_k(scores: torch.Tensor, known: sp.spmatrix, k: int) -> torch.Tensor:

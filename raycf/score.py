@@ -46,6 +46,7 @@ from raycf.layout import (
     BEST_FILE,
     CHECKPOINT_NAME,
     LEADERBOARD_FILE,
+    MASK_PROTOCOLS,
     METRICS_FILE,
     MODEL_FILE,
     SCORES_DIR,
@@ -58,7 +59,6 @@ from raycf.layout import (
     USER_METRICS_DIR,
 )
 from raycf.metrics import (
-    MASK_PROTOCOLS,
     METRICS,
     MetricAt,
     exact_mean,

@@ -19,9 +19,9 @@ from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
 from raycf.errors import RaycfError
 from raycf.evaluate import evaluate_metrics, summarize
-from raycf.layout import CHECKPOINT_NAME, METRICS_FILE, SPLIT_DIR
+from raycf.layout import CHECKPOINT_NAME, MASK_PROTOCOLS, METRICS_FILE, SPLIT_DIR
 from raycf.memory import check_fit_memory
-from raycf.metrics import MASK_PROTOCOLS, METRICS, REPORT_K, Selection, standard_error
+from raycf.metrics import METRICS, REPORT_K, Selection, standard_error
 from raycf.models import (
     FittedRecommender,
     Recommender,

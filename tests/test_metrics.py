@@ -12,7 +12,6 @@ import torch
 
 from raycf.metrics import (
     ALL_METRICS,
-    MASK_PROTOCOLS,
     METRICS,
     REPORT_K,
     MetricAt,
@@ -21,7 +20,6 @@ from raycf.metrics import (
     exact_mean,
     exact_sum,
     hits_at_k,
-    known_items,
     mean_metrics,
     metrics_at,
     parse_metric_list,
@@ -374,41 +372,23 @@ def test_evaluate_refuses_overlap_and_bad_shapes() -> None:
         evaluate(lambda users: torch.zeros(len(users), 5), KNOWN, HELDOUT, k=K)
 
 
-def test_known_items_protocols() -> None:
-    train = csr([[0, 1], [2]], 4)
-    valid = csr([[1, 3], []], 4)
-    assert known_items(train, valid, "train").toarray().tolist() == [
-        [1, 1, 0, 0],
-        [0, 0, 1, 0],
-    ]
-    assert known_items(train, valid, "train+valid").toarray().tolist() == [
-        [1, 1, 0, 1],
-        [0, 0, 1, 0],
-    ]
-    assert MASK_PROTOCOLS == ("train", "train+valid")
-    with pytest.raises(ValueError):
-        known_items(train, valid, "valid")
-    with pytest.raises(ValueError):
-        known_items(train, csr([[1]], 4), "train")
-
-
 def test_mask_protocol_changes_the_ranking() -> None:
     # One user, items 0..3 scored 0.9, 0.8, 0.7, 0.6; train {0}, valid {1}, test {2}; k = 1.
-    train, valid, test = csr([[0]], 4), csr([[1]], 4), csr([[2]], 4)
+    train, test = csr([[0]], 4), csr([[2]], 4)
 
     def score_fn(users: np.ndarray) -> torch.Tensor:
         return torch.tensor([[0.9, 0.8, 0.7, 0.6]])
 
     # "train": item 1 (a validation item) ranks first and is a miss.
     assert (
-        evaluate(score_fn, known_items(train, valid, "train"), test, k=1)["precision"][
+        evaluate(score_fn, train, test, k=1)["precision"][
             0
         ]
         == 0.0
     )
     # "train+valid": item 2 ranks first and is a hit.
     assert (
-        evaluate(score_fn, known_items(train, valid, "train+valid"), test, k=1)[
+        evaluate(score_fn, csr([[0, 1]], 4), test, k=1)[
             "precision"
         ][0]
         == 1.0

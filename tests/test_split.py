@@ -23,6 +23,7 @@ from raycf.data.split import (
 )
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import DataError
+from raycf.layout import MASK_PROTOCOLS
 
 FILES = ("train.parquet", "valid.parquet", "test.parquet", "manifest.json")
 
@@ -297,3 +298,16 @@ def test_format_1_split_with_its_bytes_hash_still_loads(split: Split, tmp_path: 
     (target / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(DataError, match="split_sha256 in .*manifest.json does not match the Parquet files"):
         load_split(target)
+
+
+def test_known_items_of_each_mask_protocol(small_split: Split) -> None:
+    """Test ranks exclude the train items ("train") or the train and validation items ("train+valid");
+    validation ranks exclude the train items."""
+    train, valid = (small_split.train.toarray() > 0), (small_split.valid.toarray() > 0)
+    assert MASK_PROTOCOLS == ("train", "train+valid")
+    assert np.array_equal(small_split.known("valid").toarray() > 0, train)
+    assert np.array_equal(small_split.known("test", "train").toarray() > 0, train)
+    assert np.array_equal(small_split.known("test", "train+valid").toarray() > 0, train | valid)
+    assert (small_split.known("test", "train+valid").data == 1).all()
+    with pytest.raises(ValueError, match="unknown mask protocol 'valid'"):
+        small_split.known("test", "valid")

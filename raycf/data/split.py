@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from raycf.atomic import staged_directory
 from raycf.errors import DataError
+from raycf.layout import MASK_PROTOCOLS
 
 FORMAT_VERSION = 2
 """2: split_sha256 hashes the split's content (`content_sha256`); 1: it hashed the Parquet files' bytes."""
@@ -89,6 +90,8 @@ class Split:
     def known(self, part: str, mask: str = "train") -> sp.csr_matrix:
         """The items never ranked for `part`: its inputs, and for test with mask "train+valid" the validation
         items too."""
+        if mask not in MASK_PROTOCOLS:
+            raise ValueError(f"unknown mask protocol {mask!r}; expected one of {MASK_PROTOCOLS}")
         inputs = self.inputs(part)
         return _union(inputs, self.valid) if part == "test" and mask == "train+valid" else inputs
 
