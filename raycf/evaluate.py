@@ -19,7 +19,7 @@ from raycf.metrics import (
     metrics_at,
 )
 from raycf.models import Recommender
-from raycf.ranking import rank
+from raycf.ranking import batch_rows, rank
 
 PARTS = ("valid", "test")
 NOT_METRICS = ("n_heldout", "hits", "ranked_hits")
@@ -39,7 +39,8 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        return evaluate_ranked(lambda users: rank(model, inputs[users], known[users], k)[0], heldout, k)
+        return evaluate_ranked(lambda users: rank(model, inputs[users], known[users], k)[0], heldout, k,
+                               batch_size=batch_rows(split.n_items))
     finally:
         model.train(was_training)
 

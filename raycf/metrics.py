@@ -338,7 +338,7 @@ def evaluate(
     known: sp.spmatrix,
     heldout: sp.spmatrix,
     k: int = 5,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> dict[str, np.ndarray]:
     """Per-user METRICS at k for all users, plus int arrays "n_heldout" and "hits" (their counts) and the
     (n_users x k) bool "ranked_hits" for metrics_at (all False for users without a held-out item).
@@ -371,7 +371,7 @@ def check_disjoint(known: sp.spmatrix, heldout: sp.spmatrix) -> tuple[sp.csr_mat
 
 def evaluate_ranked(
     rank_fn: Callable[[np.ndarray], torch.Tensor | np.ndarray], heldout: sp.spmatrix, k: int = 5,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> dict[str, np.ndarray]:
     """As `evaluate`, from `rank_fn(users)`: each user's top k item indices (-1 padded), called in batches of
     users with a held-out item."""

@@ -17,6 +17,8 @@ from torch.nn import functional as F
 from raycf.metrics import mask_known, top_k
 from raycf.models import NeuralRecommender, Recommender, SparseBatch
 
+SCORE_CELLS = 2**24
+"""Scores one ranking batch may hold (64 MiB of float32)."""
 ROUNDING_BOUND = 2.0**-6
 """Bounds |bf16 score - exact score| relative to |features| |item weights| + |bias|: rounding the two factors to
 bfloat16 (8 significant bits) errs by at most 2^-7 of that, rounding the bias and the result by 2^-8 each, float32
@@ -34,6 +36,11 @@ def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int
         scores = model.scores(batch)
         top = top_k(scores, known, k)
         return top, scores.gather(1, top.clamp_min(0))
+
+
+def batch_rows(n_items: int) -> int:
+    """Users per ranking batch: 1,024, fewer where their scores would pass SCORE_CELLS."""
+    return max(1, min(1024, SCORE_CELLS // n_items))
 
 
 def candidate_count(k: int, n_items: int) -> int:

@@ -14,7 +14,7 @@ from raycf.data.split import Split
 from raycf.errors import RaycfError
 from raycf.metrics import top_k
 from raycf.models import SparseBatch, SparseRows, build_model
-from raycf.models.base import output_product
+from raycf.models.base import entries_by_item, output_product
 from raycf.ranking import candidate_count, rank, rank_in_two_stages
 from raycf.train import Trainer
 
@@ -134,3 +134,11 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(small_split:
 def test_bad_matmul_dtype_is_refused(overrides: dict, message: str) -> None:
     with pytest.raises(RaycfError, match=message):
         TrainConfig.for_model(overrides.pop("model"), **overrides)
+
+
+def test_entries_by_item_on_any_device_equal_the_cpu_transpose() -> None:
+    """The torch transpose that another device uses equals scipy's on the CPU."""
+    rng = np.random.default_rng(5)
+    batch = SparseBatch.from_csr(csr_matrix((rng.random((9, 15)) < 0.3).astype(np.float32)))
+    for cpu, other in zip(batch.by_item, entries_by_item(batch.indices, batch.rows, batch.n_items)):
+        assert torch.equal(cpu, other)
