@@ -78,7 +78,8 @@ def rank_in_two_stages(
     # short of its k-th exact score even with the largest rounding error
     largest_error = ROUNDING_BOUND * (features.norm(dim=1) * weight.norm(dim=1).max() + bias.abs().max())
     outside = coarse_values[:, -1].float() + largest_error
-    proven = (coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside)
+    everything = candidates.shape[1] == n_items  # no item outside the candidates
+    proven = (coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside) | everything
     unproven = torch.nonzero(~proven).flatten()
     if len(unproven):
         scores = layer(features[unproven])

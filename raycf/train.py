@@ -108,10 +108,8 @@ class Trainer:
             self.epoch += 1
             return float("nan")
         order = torch.randperm(len(self.split.train_users), generator=self.generator).to(self.device)
-        shuffled = self.train_rows.permuted(order)
         losses = []
-        for start in range(0, shuffled.n_rows, self.config.batch_size):
-            batch = shuffled.batch(start, min(start + self.config.batch_size, shuffled.n_rows))
+        for batch in self.train_rows.permuted(order).batches(self.config.batch_size):
             loss = self.model.loss(batch, self.step, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

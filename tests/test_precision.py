@@ -14,7 +14,7 @@ from raycf.data.split import Split
 from raycf.errors import RaycfError
 from raycf.metrics import top_k
 from raycf.models import SparseBatch, SparseRows, build_model
-from raycf.models.base import entries_by_item, output_product
+from raycf.models.base import output_product
 from raycf.ranking import candidate_count, rank, rank_in_two_stages
 from raycf.train import Trainer
 
@@ -60,11 +60,20 @@ def test_sparse_rows_permuted_and_cut_equal_scipy_row_selection() -> None:
     rows = SparseRows(matrix).permuted(torch.from_numpy(order))
     assert rows.n_rows == 23
     expected = matrix[order]
-    for start, stop in ((0, 10), (10, 20), (20, 23)):
-        batch = rows.batch(start, stop)
+    for (start, stop), batch in zip(((0, 10), (10, 20), (20, 23)), rows.batches(10), strict=True):
         assert (batch.size, batch.n_items) == (stop - start, 12)
         assert torch.equal(dense(batch), torch.from_numpy(expected[start:stop].toarray()))
         assert torch.equal(batch.offsets, torch.from_numpy(expected[start:stop].indptr[:-1].astype(np.int64)))
+        assert torch.equal(dense(rows.batch(start, stop)), dense(batch))
+        # the transpose cut from the epoch's one sort is the batch's own: scipy's CSC of the same rows
+        order, item_offsets, item_rows = batch.by_item
+        positions = csr_matrix((np.arange(batch.indices.numel()), batch.indices.numpy(),
+                                np.append(batch.offsets.numpy(), batch.indices.numel())), shape=(stop - start, 12)).tocsc()
+        assert order.tolist() == positions.data.tolist()
+        assert item_offsets.tolist() == positions.indptr[:-1].tolist()
+        assert item_rows.tolist() == positions.indices.tolist()
+        assert batch.transposed is not None and rows.batch(start, stop).transposed is None
+        assert all(torch.equal(a, b) for a, b in zip(rows.batch(start, stop).by_item, batch.by_item))
 
 
 def trained(split: Split, model: str, matmul_dtype: str, epochs: int = 4) -> Trainer:
@@ -134,11 +143,3 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(small_split:
 def test_bad_matmul_dtype_is_refused(overrides: dict, message: str) -> None:
     with pytest.raises(RaycfError, match=message):
         TrainConfig.for_model(overrides.pop("model"), **overrides)
-
-
-def test_entries_by_item_on_any_device_equal_the_cpu_transpose() -> None:
-    """The torch transpose that another device uses equals scipy's on the CPU."""
-    rng = np.random.default_rng(5)
-    batch = SparseBatch.from_csr(csr_matrix((rng.random((9, 15)) < 0.3).astype(np.float32)))
-    for cpu, other in zip(batch.by_item, entries_by_item(batch.indices, batch.rows, batch.n_items)):
-        assert torch.equal(cpu, other)

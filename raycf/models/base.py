@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -16,6 +16,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from raycf.config import TrainConfig
+
+ByItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A batch's entries item by item (the transpose's CSR parts): (order, item_offsets, item_rows). `order` lists
+entry positions item by item, rows ascending within an item; `item_offsets` is the start of each item's run in
+it (length n_items); `item_rows` the row of each listed entry."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class SparseBatch:
     """Row (0..size-1) of every stored entry."""
     size: int
     n_items: int
+    transposed: ByItem | None = None
+    """`by_item` when the batch was cut with it (SparseRows.batches sorts a whole epoch at once)."""
 
     @classmethod
     def from_csr(cls, matrix: csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
@@ -48,28 +55,13 @@ class SparseBatch:
         return dense[self.rows, self.indices]
 
     @cached_property
-    def by_item(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The entries item by item (the transpose's CSR parts): (order, item_offsets, item_rows).
-
-        `order` lists entry positions item by item, rows ascending within an item; `item_offsets` is the start
-        of each item's run in it (length n_items); `item_rows` the row of each listed entry. A counting sort:
-        scipy's CSR to CSC on the CPU (faster there for a batch), a stable sort on another device (no host copy).
-        """
-        if self.indices.device.type != "cpu":
-            return entries_by_item(self.indices, self.rows, self.n_items)
-        indices = self.indices.numpy()
-        indptr = np.append(self.offsets.numpy(), len(indices))
-        positions = csr_matrix((np.arange(len(indices)), indices, indptr), shape=(self.size, self.n_items)).tocsc()
-        return (torch.from_numpy(positions.data.astype(np.int64, copy=False)),
-                torch.from_numpy(positions.indptr[:-1].astype(np.int64, copy=False)),
-                torch.from_numpy(positions.indices.astype(np.int64, copy=False)))
-
-
-def entries_by_item(indices: torch.Tensor, rows: torch.Tensor, n_items: int) -> tuple[torch.Tensor, ...]:
-    """SparseBatch.by_item computed with torch on the entries' device: a stable sort by item."""
-    order = torch.argsort(indices, stable=True)
-    counts = torch.bincount(indices, minlength=n_items)
-    return order, counts.cumsum(0) - counts, rows[order]
+    def by_item(self) -> ByItem:
+        """The entries item by item (ByItem): `transposed`, else a stable sort of this batch's entries by item."""
+        if self.transposed is not None:
+            return self.transposed
+        order = torch.argsort(self.indices, stable=True)
+        counts = torch.bincount(self.indices, minlength=self.n_items)
+        return order, counts.cumsum(0) - counts, self.rows[order]
 
 
 class SparseRows:
@@ -86,6 +78,12 @@ class SparseRows:
     def n_rows(self) -> int:
         return len(self.indptr) - 1
 
+    def entry_rows(self) -> torch.Tensor:
+        """The row of every stored entry."""
+        counts = self.indptr[1:] - self.indptr[:-1]
+        return torch.repeat_interleave(torch.arange(self.n_rows, device=counts.device), counts,
+                                       output_size=len(self.indices))
+
     def permuted(self, order: torch.Tensor) -> SparseRows:
         """The rows `order` (indices into these rows), in that order."""
         starts, counts = self.indptr[:-1][order], self.indptr[1:][order] - self.indptr[:-1][order]
@@ -99,19 +97,38 @@ class SparseRows:
         return rows
 
     def batch(self, start: int, stop: int) -> SparseBatch:
-        """Rows start..stop-1 as a SparseBatch (views of these tensors but for the offsets and row numbers)."""
-        offsets = self.indptr[start:stop]
-        first, last = int(self.indptr[start]), int(self.indptr[stop])
-        counts = self.indptr[start + 1 : stop + 1] - offsets
-        return SparseBatch(
-            indices=self.indices[first:last],
-            offsets=offsets - first,
-            values=self.values[first:last],
-            rows=torch.repeat_interleave(torch.arange(stop - start, device=offsets.device), counts,
-                                         output_size=last - first),
-            size=stop - start,
-            n_items=self.n_items,
-        )
+        """Rows start..stop-1 as a SparseBatch."""
+        return next(self._cut([(start, stop)], self.entry_rows(), None))
+
+    def batches(self, size: int) -> Iterator[SparseBatch]:
+        """Consecutive batches of `size` rows (the last one shorter), each with its transpose (`by_item`): one
+        stable sort of all entries by (batch, item), instead of one per batch."""
+        entry_rows = self.entry_rows()
+        key = (entry_rows // size) * self.n_items + self.indices
+        order = torch.argsort(key, stable=True)
+        counts = torch.bincount(key, minlength=-(-self.n_rows // size) * self.n_items)
+        item_starts = counts.cumsum(0) - counts
+        bounds = [(start, min(start + size, self.n_rows)) for start in range(0, self.n_rows, size)]
+        return self._cut(bounds, entry_rows, (order, item_starts))
+
+    def _cut(self, bounds: list[tuple[int, int]], entry_rows: torch.Tensor,
+             by_key: tuple[torch.Tensor, torch.Tensor] | None) -> Iterator[SparseBatch]:
+        for number, (start, stop) in enumerate(bounds):
+            first, last = int(self.indptr[start]), int(self.indptr[stop])
+            transposed = None
+            if by_key is not None:
+                order, item_starts = by_key[0][first:last], by_key[1]
+                transposed = (order - first, item_starts[number * self.n_items : (number + 1) * self.n_items] - first,
+                              entry_rows[order] - start)
+            yield SparseBatch(
+                indices=self.indices[first:last],
+                offsets=self.indptr[start:stop] - first,
+                values=self.values[first:last],
+                rows=entry_rows[first:last] - start,
+                size=stop - start,
+                n_items=self.n_items,
+                transposed=transposed,
+            )
 
 
 class _SparseLinear(torch.autograd.Function):
