@@ -32,6 +32,8 @@ class SparseBatch:
     offsets: torch.Tensor
     """Start of each row inside `indices` (length = batch size)."""
     values: torch.Tensor
+    unit_values: torch.Tensor
+    """The entries scaled so that each row has unit L2 norm."""
     rows: torch.Tensor
     """Row (0..size-1) of every stored entry."""
     size: int
@@ -45,10 +47,7 @@ class SparseBatch:
 
     def normalized_values(self, normalize: str) -> torch.Tensor:
         """The entries scaled so each row has unit L2 norm ("l2") or as they are ("none")."""
-        if normalize == "none":
-            return self.values
-        squared = torch.zeros(self.size, device=self.values.device).index_add_(0, self.rows, self.values.square())
-        return self.values * squared.clamp_min(1e-12).rsqrt()[self.rows]
+        return self.values if normalize == "none" else self.unit_values
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         """The entries of a dense (size x n_items) tensor at this batch's stored positions."""
@@ -73,6 +72,9 @@ class SparseRows:
         self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
         self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
         self.values = torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device)
+        rows = self.entry_rows()
+        squared = torch.zeros(self.n_rows, device=self.values.device).index_add_(0, rows, self.values.square())
+        self.unit_values = self.values * squared.clamp_min(1e-12).rsqrt()[rows]
 
     @property
     def n_rows(self) -> int:
@@ -93,7 +95,7 @@ class SparseRows:
             starts - indptr[:-1], counts, output_size=int(indptr[-1]))
         rows = object.__new__(SparseRows)
         rows.n_items, rows.indptr = self.n_items, indptr
-        rows.indices, rows.values = self.indices[source], self.values[source]
+        rows.indices, rows.values, rows.unit_values = self.indices[source], self.values[source], self.unit_values[source]
         return rows
 
     def batch(self, start: int, stop: int) -> SparseBatch:
@@ -124,6 +126,7 @@ class SparseRows:
                 indices=self.indices[first:last],
                 offsets=self.indptr[start:stop] - first,
                 values=self.values[first:last],
+                unit_values=self.unit_values[first:last],
                 rows=entry_rows[first:last] - start,
                 size=stop - start,
                 n_items=self.n_items,
