@@ -4,8 +4,10 @@ scored, known items masked."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from raycf.data.split import Split
 from raycf.metrics import (
@@ -26,31 +28,48 @@ NOT_METRICS = ("n_heldout", "hits", "ranked_hits")
 """Per-user arrays of `evaluate` that are counts, not metrics to average."""
 
 
+@dataclass(frozen=True)
+class RankingTask:
+    """What ranking one part of a split needs: each user's inputs, the items never ranked (`known`) and the held-out
+    items, checked disjoint once (a Trainer validates many times)."""
+
+    inputs: sp.csr_matrix
+    known: sp.csr_matrix
+    heldout: sp.csr_matrix
+
+    @classmethod
+    def of(cls, split: Split, part: str = "valid", mask: str = "train") -> RankingTask:
+        """The task of `part`: validation masks the inputs only, test the inputs or (mask "train+valid") the
+        validation items too."""
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        known, heldout = check_disjoint(split.known(part, mask if part == "test" else "train"), getattr(split, part))
+        return cls(split.inputs(part), known, heldout)
+
+
 def evaluate_model(
-    model: Recommender, split: Split, part: str = "valid", mask: str = "train", k: int = 5
+    model: Recommender, split: Split, part: str = "valid", mask: str = "train", k: int = 5,
+    task: RankingTask | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-user metric arrays of `model` on `part`, each user ranked (raycf.ranking.rank) from the part's inputs
-    (Split.inputs); validation masks the inputs only, test the inputs or (mask "train+valid") the validation
-    items too."""
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    known, heldout = check_disjoint(split.known(part, mask if part == "test" else "train"), getattr(split, part))
-    inputs = split.inputs(part)
+    (Split.inputs) with its known items masked (RankingTask.of; `task`: that task, prepared already)."""
+    task = RankingTask.of(split, part, mask) if task is None else task
     was_training = model.training
     model.eval()
     try:
-        return evaluate_ranked(lambda users: rank(model, inputs[users], known[users], k)[0], heldout, k,
-                               batch_size=batch_rows(split.n_items))
+        return evaluate_ranked(lambda users: rank(model, task.inputs[users], task.known[users], k)[0], task.heldout,
+                               k, batch_size=batch_rows(split.n_items))
     finally:
         model.train(was_training)
 
 
 def evaluate_metrics(
-    model: Recommender, split: Split, part: str, metrics: Sequence[MetricAt], mask: str = "train"
+    model: Recommender, split: Split, part: str, metrics: Sequence[MetricAt], mask: str = "train",
+    task: RankingTask | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-user arrays of each metric (keyed by its field: `ndcg`, `recall@20`), from one ranking at the largest
     k; "n_heldout" too."""
-    per_user = evaluate_model(model, split, part, mask, k=max(metric.k for metric in metrics))
+    per_user = evaluate_model(model, split, part, mask, k=max(metric.k for metric in metrics), task=task)
     values = metrics_at(per_user["ranked_hits"], per_user["n_heldout"], metrics)
     return {**{metric.field: values[metric.label] for metric in metrics}, "n_heldout": per_user["n_heldout"]}
 

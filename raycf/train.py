@@ -18,7 +18,7 @@ from raycf.config import TrainConfig
 from raycf.data.source import DataSpec, prepare_split
 from raycf.data.split import Split, save_split
 from raycf.errors import RaycfError
-from raycf.evaluate import evaluate_metrics, summarize
+from raycf.evaluate import RankingTask, evaluate_metrics, summarize
 from raycf.layout import CHECKPOINT_NAME, MASK_PROTOCOLS, METRICS_FILE, SPLIT_DIR
 from raycf.memory import check_fit_memory
 from raycf.metrics import METRICS, REPORT_K, Selection, standard_error
@@ -83,6 +83,7 @@ class Trainer:
         self.planned_epochs = planned_epochs(config)
         self.train_rows = None if self.optimizer is None else SparseRows(split.train[split.train_users], self.device)
         """The train rows of the users it trains on, resident on the device for the whole run."""
+        self.validation = RankingTask.of(split, "valid")
         self.epoch = 0
         self.step = 0
         self.best_epoch = 0
@@ -123,7 +124,7 @@ class Trainer:
         """Validation means of the selection's metrics (P/R/NDCG/MRR at REPORT_K, the selection metric, the
         report metrics; one ranking at the largest k), and the selection metric's per-user standard error
         (`<field>_se`)."""
-        per_user = evaluate_metrics(self.model, self.split, "valid", self.selection.metrics)
+        per_user = evaluate_metrics(self.model, self.split, "valid", self.selection.metrics, task=self.validation)
         valid = summarize(per_user)
         valid[f"{self.selection.field}_se"] = standard_error(per_user[self.selection.field])
         return valid

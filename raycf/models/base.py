@@ -28,9 +28,9 @@ class SparseBatch:
     """Multi-hot rows of a batch of users, kept sparse (CSR parts as torch tensors)."""
 
     indices: torch.Tensor
-    """Item index of every stored entry, row after row."""
+    """Item index of every stored entry, row after row (int32, or int64 for a matrix beyond int32)."""
     offsets: torch.Tensor
-    """Start of each row inside `indices` (length = batch size)."""
+    """Start of each row inside `indices` (length = batch size; the dtype of `indices`)."""
     values: torch.Tensor
     unit_values: torch.Tensor
     """The entries scaled so that each row has unit L2 norm."""
@@ -63,6 +63,11 @@ class SparseBatch:
         return order, counts.cumsum(0) - counts, self.rows[order]
 
 
+def index_dtype(largest: int) -> torch.dtype:
+    """int32 where it holds `largest` (half the memory of int64), else int64."""
+    return torch.int32 if largest <= torch.iinfo(torch.int32).max else torch.int64
+
+
 class SparseRows:
     """A users x items CSR matrix as torch tensors on a device, from which batches of consecutive rows are cut
     without copying; `permuted` reorders its rows on the device (a training epoch's shuffle)."""
@@ -70,7 +75,7 @@ class SparseRows:
     def __init__(self, matrix: csr_matrix, device: torch.device | str = "cpu") -> None:
         self.n_items = matrix.shape[1]
         self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
-        self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
+        self.indices = torch.from_numpy(matrix.indices).to(device)  # int32 (scipy's) for all but huge matrices
         self.values = torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device)
         rows = self.entry_rows()
         squared = torch.zeros(self.n_rows, device=self.values.device).index_add_(0, rows, self.values.square())
@@ -80,10 +85,10 @@ class SparseRows:
     def n_rows(self) -> int:
         return len(self.indptr) - 1
 
-    def entry_rows(self) -> torch.Tensor:
+    def entry_rows(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """The row of every stored entry."""
         counts = self.indptr[1:] - self.indptr[:-1]
-        return torch.repeat_interleave(torch.arange(self.n_rows, device=counts.device), counts,
+        return torch.repeat_interleave(torch.arange(self.n_rows, dtype=dtype, device=counts.device), counts,
                                        output_size=len(self.indices))
 
     def permuted(self, order: torch.Tensor) -> SparseRows:
@@ -91,8 +96,9 @@ class SparseRows:
         starts, counts = self.indptr[:-1][order], self.indptr[1:][order] - self.indptr[:-1][order]
         indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         # entry e of new row r comes from starts[r] + (e - indptr[r])
-        source = torch.arange(int(indptr[-1]), device=indptr.device) + torch.repeat_interleave(
-            starts - indptr[:-1], counts, output_size=int(indptr[-1]))
+        dtype, size = index_dtype(len(self.indices)), int(indptr[-1])
+        source = torch.arange(size, dtype=dtype, device=indptr.device).add_(
+            torch.repeat_interleave((starts - indptr[:-1]).to(dtype), counts, output_size=size))
         rows = object.__new__(SparseRows)
         rows.n_items, rows.indptr = self.n_items, indptr
         rows.indices, rows.values, rows.unit_values = self.indices[source], self.values[source], self.unit_values[source]
@@ -100,34 +106,37 @@ class SparseRows:
 
     def batch(self, start: int, stop: int) -> SparseBatch:
         """Rows start..stop-1 as a SparseBatch."""
-        return next(self._cut([(start, stop)], self.entry_rows(), None))
+        return next(self._cut([(start, stop)], None))
 
     def batches(self, size: int) -> Iterator[SparseBatch]:
-        """Consecutive batches of `size` rows (the last one shorter), each with its transpose (`by_item`): one
-        stable sort of all entries by (batch, item), instead of one per batch."""
-        entry_rows = self.entry_rows()
-        key = (entry_rows // size) * self.n_items + self.indices
-        order = torch.argsort(key, stable=True)
-        counts = torch.bincount(key, minlength=-(-self.n_rows // size) * self.n_items)
-        item_starts = counts.cumsum(0) - counts
+        """Consecutive batches of `size` rows (the last one shorter), each with its transpose (`by_item`) cut from
+        one stable sort of all entries by (batch, item), instead of one sort per batch."""
+        key = self.entry_rows(index_dtype(-(-self.n_rows // size) * self.n_items))
+        order = torch.argsort(key.div_(size, rounding_mode="floor").mul_(self.n_items).add_(self.indices), stable=True)
+        del key
         bounds = [(start, min(start + size, self.n_rows)) for start in range(0, self.n_rows, size)]
-        return self._cut(bounds, entry_rows, (order, item_starts))
+        return self._cut(bounds, order)
 
-    def _cut(self, bounds: list[tuple[int, int]], entry_rows: torch.Tensor,
-             by_key: tuple[torch.Tensor, torch.Tensor] | None) -> Iterator[SparseBatch]:
-        for number, (start, stop) in enumerate(bounds):
+    def _cut(self, bounds: list[tuple[int, int]], order: torch.Tensor | None) -> Iterator[SparseBatch]:
+        """The batches of rows [start, stop) for each of `bounds`; with `order` (entries sorted by batch, then
+        item, then row) each batch carries its transpose."""
+        for start, stop in bounds:
             first, last = int(self.indptr[start]), int(self.indptr[stop])
+            offsets, indices = (self.indptr[start:stop] - first).to(self.indices.dtype), self.indices[first:last]
+            rows = torch.repeat_interleave(torch.arange(stop - start, device=offsets.device),
+                                           self.indptr[start + 1 : stop + 1] - self.indptr[start:stop],
+                                           output_size=last - first)
             transposed = None
-            if by_key is not None:
-                order, item_starts = by_key[0][first:last], by_key[1]
-                transposed = (order - first, item_starts[number * self.n_items : (number + 1) * self.n_items] - first,
-                              entry_rows[order] - start)
+            if order is not None:
+                counts = torch.bincount(indices, minlength=self.n_items)
+                batch_order = order[first:last] - first
+                transposed = (batch_order, counts.cumsum(0) - counts, rows[batch_order])
             yield SparseBatch(
-                indices=self.indices[first:last],
-                offsets=self.indptr[start:stop] - first,
+                indices=indices,
+                offsets=offsets,
                 values=self.values[first:last],
                 unit_values=self.unit_values[first:last],
-                rows=entry_rows[first:last] - start,
+                rows=rows,
                 size=stop - start,
                 n_items=self.n_items,
                 transposed=transposed,

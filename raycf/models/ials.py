@@ -59,7 +59,7 @@ class IALS(FittedRecommender):
             rows = slice(start, min(start + users, batch.size))
             chosen = (batch.rows >= rows.start) & (batch.rows < rows.stop)
             size = rows.stop - rows.start
-            items = torch.zeros(size, max(1, longest), dtype=torch.int64, device=factors.device)
+            items = torch.zeros(size, max(1, longest), dtype=batch.indices.dtype, device=factors.device)
             confidence = torch.zeros(size, max(1, longest), device=factors.device)
             items[batch.rows[chosen] - start, positions[chosen]] = batch.indices[chosen]
             confidence[batch.rows[chosen] - start, positions[chosen]] = self.config.alpha * (batch.values[chosen] > 0)
