@@ -81,7 +81,8 @@ class Trainer:
             self.model.parameter_groups(), lr=config.lr, fused=True
         )
         self.planned_epochs = planned_epochs(config)
-        self.train_rows = None if self.optimizer is None else SparseRows(split.train[split.train_users], self.device)
+        self.train_rows = None if self.optimizer is None else SparseRows(
+            split.train[split.train_users], self.device, unit_values=config.normalize == "l2")
         """The train rows of the users it trains on, resident on the device for the whole run."""
         self.validation = RankingTask.of(split, "valid")
         self.epoch = 0

@@ -68,7 +68,7 @@ def test_autorec_loss_is_squared_error_over_all_items_plus_l2() -> None:
 def double_batch(matrix: csr_matrix) -> tuple[SparseBatch, torch.Tensor]:
     """The batch of `matrix` with float64 values (for gradcheck), and its dense rows."""
     batch = SparseBatch.from_csr(matrix)
-    batch = dataclasses.replace(batch, values=batch.values.double() * 0.5, unit_values=batch.unit_values.double())
+    batch = dataclasses.replace(batch, values=batch.values.double() * 0.5)
     dense = torch.zeros(batch.size, batch.n_items, dtype=torch.float64)
     dense[batch.rows, batch.indices] = batch.values
     return batch, dense

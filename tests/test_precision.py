@@ -14,7 +14,7 @@ from raycf.data.split import Split
 from raycf.errors import RaycfError
 from raycf.metrics import top_k
 from raycf.models import SparseBatch, SparseRows, build_model
-from raycf.models.base import output_product
+from raycf.models.base import output_product, unit_rows
 from raycf.ranking import candidate_count, rank, rank_in_two_stages
 from raycf.train import Trainer
 
@@ -57,7 +57,7 @@ def test_sparse_rows_permuted_and_cut_equal_scipy_row_selection() -> None:
     values[[4, 17]] = 0  # empty rows
     matrix = csr_matrix(values)
     order = rng.permutation(30)[:23]
-    rows = SparseRows(matrix).permuted(torch.from_numpy(order))
+    rows = SparseRows(matrix, unit_values=True).permuted(torch.from_numpy(order))
     assert rows.n_rows == 23
     expected = matrix[order]
     for (start, stop), batch in zip(((0, 10), (10, 20), (20, 23)), rows.batches(10), strict=True):
@@ -73,6 +73,8 @@ def test_sparse_rows_permuted_and_cut_equal_scipy_row_selection() -> None:
         assert item_offsets.tolist() == positions.indptr[:-1].tolist()
         assert item_rows.tolist() == positions.indices.tolist()
         assert batch.transposed is not None and rows.batch(start, stop).transposed is None
+        # unit-norm values computed once for the matrix are bitwise the batch's own
+        assert batch.unit is not None and torch.equal(batch.unit_values, unit_rows(batch.values, batch.rows, batch.size))
         assert all(torch.equal(a, b) for a, b in zip(rows.batch(start, stop).by_item, batch.by_item))
 
 

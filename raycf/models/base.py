@@ -32,14 +32,14 @@ class SparseBatch:
     offsets: torch.Tensor
     """Start of each row inside `indices` (length = batch size; the dtype of `indices`)."""
     values: torch.Tensor
-    unit_values: torch.Tensor
-    """The entries scaled so that each row has unit L2 norm."""
     rows: torch.Tensor
     """Row (0..size-1) of every stored entry."""
     size: int
     n_items: int
     transposed: ByItem | None = None
     """`by_item` when the batch was cut with it (SparseRows.batches sorts a whole epoch at once)."""
+    unit: torch.Tensor | None = None
+    """`unit_values` when the batch was cut with them (SparseRows computed them for its whole matrix)."""
 
     @classmethod
     def from_csr(cls, matrix: csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
@@ -48,6 +48,11 @@ class SparseBatch:
     def normalized_values(self, normalize: str) -> torch.Tensor:
         """The entries scaled so each row has unit L2 norm ("l2") or as they are ("none")."""
         return self.values if normalize == "none" else self.unit_values
+
+    @cached_property
+    def unit_values(self) -> torch.Tensor:
+        """The entries scaled so that each row has unit L2 norm: `unit`, else computed for this batch."""
+        return unit_rows(self.values, self.rows, self.size) if self.unit is None else self.unit
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         """The entries of a dense (size x n_items) tensor at this batch's stored positions."""
@@ -63,6 +68,12 @@ class SparseBatch:
         return order, counts.cumsum(0) - counts, self.rows[order]
 
 
+def unit_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """`values` scaled so that the entries of each row (`rows`: the row of each entry) have unit L2 norm."""
+    squared = torch.zeros(n_rows, device=values.device).index_add_(0, rows, values.square())
+    return values * squared.clamp_min(1e-12).rsqrt()[rows]
+
+
 def index_dtype(largest: int) -> torch.dtype:
     """int32 where it holds `largest` (half the memory of int64), else int64."""
     return torch.int32 if largest <= torch.iinfo(torch.int32).max else torch.int64
@@ -72,18 +83,19 @@ class SparseRows:
     """A users x items CSR matrix as torch tensors on a device, from which batches of consecutive rows are cut
     without copying; `permuted` reorders its rows on the device (a training epoch's shuffle)."""
 
-    def __init__(self, matrix: csr_matrix, device: torch.device | str = "cpu") -> None:
+    def __init__(self, matrix: csr_matrix, device: torch.device | str = "cpu", unit_values: bool = False) -> None:
+        """`unit_values`: compute the unit-norm values (SparseBatch.unit_values) once, for every batch and
+        permutation of these rows."""
         self.n_items = matrix.shape[1]
         self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
         self.indices = torch.from_numpy(matrix.indices).to(device)  # int32 (scipy's) for all but huge matrices
         self.values = torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device)
-        rows = self.entry_rows()
-        squared = torch.zeros(self.n_rows, device=self.values.device).index_add_(0, rows, self.values.square())
-        self.unit_values = self.values * squared.clamp_min(1e-12).rsqrt()[rows]
+        self.unit = unit_rows(self.values, self.entry_rows(), self.n_rows) if unit_values else None
 
     @property
     def n_rows(self) -> int:
         return len(self.indptr) - 1
+
 
     def entry_rows(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """The row of every stored entry."""
@@ -101,7 +113,8 @@ class SparseRows:
             torch.repeat_interleave((starts - indptr[:-1]).to(dtype), counts, output_size=size))
         rows = object.__new__(SparseRows)
         rows.n_items, rows.indptr = self.n_items, indptr
-        rows.indices, rows.values, rows.unit_values = self.indices[source], self.values[source], self.unit_values[source]
+        rows.indices, rows.values = self.indices[source], self.values[source]
+        rows.unit = None if self.unit is None else self.unit[source]
         return rows
 
     def batch(self, start: int, stop: int) -> SparseBatch:
@@ -135,7 +148,7 @@ class SparseRows:
                 indices=indices,
                 offsets=offsets,
                 values=self.values[first:last],
-                unit_values=self.unit_values[first:last],
+                unit=None if self.unit is None else self.unit[first:last],
                 rows=rows,
                 size=stop - start,
                 n_items=self.n_items,
