@@ -117,9 +117,9 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read once per epoch: no per-batch device sync
         self.epoch += 1
-        return float(np.mean(losses))
+        return torch.stack(losses).double().mean().item()
 
     def validate(self) -> dict[str, float]:
         """Validation means of the selection's metrics (P/R/NDCG/MRR at REPORT_K, the selection metric, the
