@@ -24,7 +24,7 @@ from raycf.train import train
 @ray.remote
 def repeat_run(split: Split, config: dict[str, Any], threads: int, selection: Selection) -> dict[str, Any]:
     """Train one configuration on one split (best epoch by `selection`); its validation metrics at that epoch
-    (`valid_*`) and its test metrics there (train-only masking)."""
+    (`valid_*`) and its test metrics there (each user's inputs masked: Split.known)."""
     torch.set_num_threads(threads)
     result = train(split, TrainConfig.from_dict(config, where="repeat"), selection=selection)
     test = summarize(evaluate_metrics(result.model, split, "test", selection.metrics, mask="train"))
@@ -99,7 +99,8 @@ def run_repeats(location: Location, data: DataSpec, fractions: tuple[float, floa
 def format_repeats(repeats: pd.DataFrame) -> str:
     """Mean ± std of each test metric per model over the seeds."""
     summary = summarize_repeats(repeats)
-    lines = [f"test @5 over split seeds {sorted(repeats['seed'].unique().tolist())} (train-only masking):"]
+    lines = [f"test @5 over split seeds {sorted(repeats['seed'].unique().tolist())} (each user's inputs masked: "
+             "train items, or a held-out user's fold-in items):"]
     for model, metrics in summary["per_model"].items():
         lines.append(f"  {model:8s} " + "  ".join(
             f"{name} {values['mean']:.4f}±{values['std']:.4f}" for name, values in metrics.items()))
