@@ -4,7 +4,7 @@ not a test).
     RAYCF_ML1M=../shared/data/ml-1m/ratings.dat.gz python benchmarks/bench_training.py        # ML-1M
     python benchmarks/bench_training.py --shape ml20m --split-cache /tmp/raycf-ml20m-split      # ML-20M-shaped
     options: --epochs N (timed epochs and validations per model), --warmup N, --threads N, --device cuda,
-             --models multvae
+             --models multvae, --matmul-dtype bfloat16 (mixed-precision output layer; the bound stays float32's)
 
 `--shape ml20m` is synthetic data of ML-20M's shape (136,677 users x 20,108 items, ~9.3 M interactions,
 raycf.data.synthetic), split 60/20/20 with seed 0; `--split-cache DIR` keeps that split (Parquet) for the next
@@ -93,9 +93,9 @@ def median(timings: list[Clocks]) -> Clocks:
     return Clocks(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings))
 
 
-def dense_matmul_gflops(device: str, size: int = 2048, repeats: int = 5) -> Clocks:
-    """The machine's own float32 dense matmul rate on `device` (best of `repeats`, per clock)."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def dense_matmul_gflops(device: str, size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> Clocks:
+    """The machine's own dense matmul rate in `dtype` on `device` (best of `repeats`, per clock)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     seconds = [timed(lambda: a @ b) for _ in range(repeats)]
     return Clocks(*(2 * size**3 / min(clock) / 1e9 for clock in zip(*seconds)))
 
@@ -142,7 +142,9 @@ class ModelRun(NamedTuple):
     epoch: Clocks
     valid: Clocks
     rate: Clocks
-    """The best dense matmul rate of that process (GFLOP/s by each clock)."""
+    """The best dense float32 matmul rate of that process (GFLOP/s by each clock)."""
+    bfloat16_rate: float
+    """Its dense bfloat16 matmul rate (GFLOP/s, wall clock), for a bfloat16 model's context."""
     peak_rss_mb: float
     threads: int
 
@@ -164,7 +166,8 @@ def run_model(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
     peak = peak_rss_mb()
     after = dense_matmul_gflops(args.device)
     rate = Clocks(max(before.wall, after.wall), max(before.cpu, after.cpu))
-    return ModelRun(epoch, valid, rate, peak, torch.get_num_threads())
+    bfloat16_rate = dense_matmul_gflops(args.device, dtype=torch.bfloat16).wall
+    return ModelRun(epoch, valid, rate, bfloat16_rate, peak, torch.get_num_threads())
 
 
 def in_own_process(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
@@ -211,6 +214,8 @@ def main() -> None:
         run = in_own_process(split, model, args)
         print(table_row(split, model, run), flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {run.threads} torch threads"
+    print(f"matmul_dtype {args.matmul_dtype}; dense bfloat16 matmul {run.bfloat16_rate:.0f} GFLOP/s (the bound stays "
+          f"float32's)")
     print(f"{device}; GFLOP/s: the dense float32 matmul rate the bound uses; load average now "
           f"{os.getloadavg()[0]:.1f}")
 
