@@ -87,15 +87,16 @@ class SparseRows:
         """`unit_values`: compute the unit-norm values (SparseBatch.unit_values) once, for every batch and
         permutation of these rows."""
         self.n_items = matrix.shape[1]
-        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
+        self.host_indptr = matrix.indptr.astype(np.int64)
+        """`indptr` on the host: where batches start and stop, read without a device sync."""
+        self.indptr = torch.from_numpy(self.host_indptr).to(device)
         self.indices = torch.from_numpy(matrix.indices).to(device)  # int32 (scipy's) for all but huge matrices
         self.values = torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device)
         self.unit = unit_rows(self.values, self.entry_rows(), self.n_rows) if unit_values else None
 
     @property
     def n_rows(self) -> int:
-        return len(self.indptr) - 1
-
+        return len(self.host_indptr) - 1
 
     def entry_rows(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """The row of every stored entry."""
@@ -108,11 +109,11 @@ class SparseRows:
         starts, counts = self.indptr[:-1][order], self.indptr[1:][order] - self.indptr[:-1][order]
         indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         # entry e of new row r comes from starts[r] + (e - indptr[r])
-        dtype, size = index_dtype(len(self.indices)), int(indptr[-1])
+        dtype, size = index_dtype(len(self.indices)), int(indptr[-1])  # one device sync per permutation
         source = torch.arange(size, dtype=dtype, device=indptr.device).add_(
             torch.repeat_interleave((starts - indptr[:-1]).to(dtype), counts, output_size=size))
         rows = object.__new__(SparseRows)
-        rows.n_items, rows.indptr = self.n_items, indptr
+        rows.n_items, rows.indptr, rows.host_indptr = self.n_items, indptr, indptr.cpu().numpy()
         rows.indices, rows.values = self.indices[source], self.values[source]
         rows.unit = None if self.unit is None else self.unit[source]
         return rows
@@ -134,14 +135,15 @@ class SparseRows:
         """The batches of rows [start, stop) for each of `bounds`; with `order` (entries sorted by batch, then
         item, then row) each batch carries its transpose."""
         for start, stop in bounds:
-            first, last = int(self.indptr[start]), int(self.indptr[stop])
+            first, last = int(self.host_indptr[start]), int(self.host_indptr[stop])
             offsets, indices = (self.indptr[start:stop] - first).to(self.indices.dtype), self.indices[first:last]
             rows = torch.repeat_interleave(torch.arange(stop - start, device=offsets.device),
                                            self.indptr[start + 1 : stop + 1] - self.indptr[start:stop],
                                            output_size=last - first)
             transposed = None
             if order is not None:
-                counts = torch.bincount(indices, minlength=self.n_items)
+                counts = torch.zeros(self.n_items, dtype=torch.int64, device=indices.device).index_add_(
+                    0, indices, torch.ones_like(indices, dtype=torch.int64))  # bincount would sync a GPU
                 batch_order = order[first:last] - first
                 transposed = (batch_order, counts.cumsum(0) - counts, rows[batch_order])
             yield SparseBatch(
