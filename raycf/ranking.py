@@ -65,12 +65,12 @@ def rank_in_two_stages(
     union, position = torch.unique(candidates, return_inverse=True)
     exact = F.linear(features, weight[union], bias[union]).gather(1, position)
     exact = exact.masked_fill_(coarse_values == -torch.inf, -torch.inf)
-    # ties to the lower index: order the candidates by index, then stably by exact score
-    by_index = torch.argsort(candidates, dim=1)
-    exact, candidates = exact.gather(1, by_index), candidates.gather(1, by_index)
-    exact, order = torch.sort(exact, dim=1, descending=True, stable=True)
+    exact, order = torch.sort(exact, dim=1, descending=True)
     candidates = candidates.gather(1, order)
     depth = min(k, candidates.shape[1])
+    # a finite tie among the first k + 1 would need the lower index first: such rare rows take the float32 path
+    head = exact[:, : depth + 1]
+    tied = ((head[:, 1:] == head[:, :-1]) & (head[:, 1:] > -torch.inf)).any(dim=1)
     top = torch.full((n_rows, k), -1, dtype=torch.int64, device=features.device)
     top_scores = torch.full((n_rows, k), -torch.inf, device=features.device)
     top[:, :depth] = candidates[:, :depth].masked_fill(exact[:, :depth] == -torch.inf, -1)
@@ -80,7 +80,7 @@ def rank_in_two_stages(
     largest_error = ROUNDING_BOUND * (features.norm(dim=1) * weight.norm(dim=1).max() + bias.abs().max())
     outside = coarse_values[:, -1].float() + largest_error
     everything = candidates.shape[1] == n_items  # no item outside the candidates
-    proven = (coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside) | everything
+    proven = ((coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside) | everything) & ~tied
     unproven = torch.nonzero(~proven).flatten()
     if len(unproven):
         scores = layer(features[unproven])

@@ -145,3 +145,17 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(small_split:
 def test_bad_matmul_dtype_is_refused(overrides: dict, message: str) -> None:
     with pytest.raises(RaycfError, match=message):
         TrainConfig.for_model(overrides.pop("model"), **overrides)
+
+
+def test_two_stage_ranking_breaks_exact_ties_to_the_lower_index() -> None:
+    """Items 9, 3 and 6 score exactly 5 (far above the rest, so the coarse stage proves them): ranked 3, 6, 9."""
+    layer = nn.Linear(1, 12)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.0, 1.0, 12)[:, None])
+        layer.weight[[9, 3, 6]] = 5.0
+        layer.bias.zero_()
+    with torch.no_grad():
+        top, scores = rank_in_two_stages(torch.ones(4, 1), layer, csr_matrix((4, 12), dtype=np.float32), 4,
+                                         torch.bfloat16)
+    assert top.tolist() == [[3, 6, 9, 11]] * 4
+    assert scores[:, :3].eq(5.0).all()
