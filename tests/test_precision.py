@@ -3,6 +3,8 @@ rankings that stay the float32 ones (raycf.ranking's two stages); the device-res
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,15 @@ def test_two_stage_ranking_breaks_exact_ties_to_the_lower_index() -> None:
                                          torch.bfloat16)
     assert top.tolist() == [[3, 6, 9, 11]] * 4
     assert scores[:, :3].eq(5.0).all()
+
+
+def test_read_only_arrays_make_batches_without_a_warning() -> None:
+    """Ray Data hands scorers read-only arrays; a batch of them neither warns nor shares their memory."""
+    matrix = csr_matrix(np.eye(3, 5, dtype=np.float32))
+    for array in (matrix.indices, matrix.data, matrix.indptr):
+        array.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = SparseBatch.from_csr(matrix)
+    assert torch.equal(dense(batch), torch.from_numpy(matrix.toarray()))
+    assert batch.indices.data_ptr() != matrix.indices.ctypes.data  # a copy: torch may not write into Ray's memory

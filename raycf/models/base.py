@@ -74,6 +74,12 @@ def unit_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Te
     return values * squared.clamp_min(1e-12).rsqrt()[rows]
 
 
+def writable_tensor(array: np.ndarray) -> torch.Tensor:
+    """`array` as a tensor sharing its memory, or a copy where the array is read-only (Ray Data's zero-copy
+    batches are: torch warns on them)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def index_dtype(largest: int) -> torch.dtype:
     """int32 where it holds `largest` (half the memory of int64), else int64."""
     return torch.int32 if largest <= torch.iinfo(torch.int32).max else torch.int64
@@ -90,8 +96,8 @@ class SparseRows:
         self.host_indptr = matrix.indptr.astype(np.int64)
         """`indptr` on the host: where batches start and stop, read without a device sync."""
         self.indptr = torch.from_numpy(self.host_indptr).to(device)
-        self.indices = torch.from_numpy(matrix.indices).to(device)  # int32 (scipy's) for all but huge matrices
-        self.values = torch.from_numpy(matrix.data.astype(np.float32, copy=False)).to(device)
+        self.indices = writable_tensor(matrix.indices).to(device)  # int32 (scipy's) for all but huge matrices
+        self.values = writable_tensor(matrix.data.astype(np.float32, copy=False)).to(device)
         self.unit = unit_rows(self.values, self.entry_rows(), self.n_rows) if unit_values else None
 
     @property
