@@ -33,9 +33,13 @@ def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int
         if isinstance(model, NeuralRecommender) and model.config.matmul_dtype != "float32":
             return rank_in_two_stages(model.features(batch), model.decoder, known, k,
                                       getattr(torch, model.config.matmul_dtype))
-        scores = model.scores(batch)
-        top = top_k(scores, known, k)
-        return top, scores.gather(1, top.clamp_min(0))
+        return ranked(model.scores(batch), known, k)
+
+
+def ranked(scores: torch.Tensor, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rank`'s result from whole rows of scores: raycf.metrics.top_k and the scores of the items it picks."""
+    top = top_k(scores, known, k)
+    return top, scores.gather(1, top.clamp_min(0))
 
 
 def batch_rows(n_items: int) -> int:
@@ -83,8 +87,5 @@ def rank_in_two_stages(
     proven = ((coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside) | everything) & ~tied
     unproven = torch.nonzero(~proven).flatten()
     if len(unproven):
-        scores = layer(features[unproven])
-        rows = unproven.cpu().numpy()
-        top[unproven] = top_k(scores, known[rows], k)
-        top_scores[unproven] = scores.gather(1, top[unproven].clamp_min(0))
+        top[unproven], top_scores[unproven] = ranked(layer(features[unproven]), known[unproven.cpu().numpy()], k)
     return top, top_scores

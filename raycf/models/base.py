@@ -64,8 +64,15 @@ class SparseBatch:
         if self.transposed is not None:
             return self.transposed
         order = torch.argsort(self.indices, stable=True)
-        counts = torch.bincount(self.indices, minlength=self.n_items)
-        return order, counts.cumsum(0) - counts, self.rows[order]
+        return order, item_starts(self.indices, self.n_items), self.rows[order]
+
+
+def item_starts(indices: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Where each item's run starts when `indices` (item of each entry) are listed item by item: exclusive
+    cumulative counts (counted by index_add_, as bincount syncs a GPU)."""
+    counts = torch.zeros(n_items, dtype=torch.int64, device=indices.device).index_add_(
+        0, indices, torch.ones_like(indices, dtype=torch.int64))
+    return counts.cumsum(0) - counts
 
 
 def unit_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -112,7 +119,8 @@ class SparseRows:
 
     def permuted(self, order: torch.Tensor) -> SparseRows:
         """The rows `order` (indices into these rows), in that order."""
-        starts, counts = self.indptr[:-1][order], self.indptr[1:][order] - self.indptr[:-1][order]
+        starts = self.indptr[:-1][order]
+        counts = self.indptr[1:][order] - starts
         indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         # entry e of new row r comes from starts[r] + (e - indptr[r])
         dtype, size = index_dtype(len(self.indices)), int(indptr[-1])  # one device sync per permutation
@@ -148,10 +156,8 @@ class SparseRows:
                                            output_size=last - first)
             transposed = None
             if order is not None:
-                counts = torch.zeros(self.n_items, dtype=torch.int64, device=indices.device).index_add_(
-                    0, indices, torch.ones_like(indices, dtype=torch.int64))  # bincount would sync a GPU
                 batch_order = order[first:last] - first
-                transposed = (batch_order, counts.cumsum(0) - counts, rows[batch_order])
+                transposed = (batch_order, item_starts(indices, self.n_items), rows[batch_order])
             yield SparseBatch(
                 indices=indices,
                 offsets=offsets,
