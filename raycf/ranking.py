@@ -19,10 +19,6 @@ from raycf.models import NeuralRecommender, Recommender, SparseBatch
 
 SCORE_CELLS = 2**24
 """Scores one ranking batch may hold (64 MiB of float32)."""
-ROUNDING_BOUND = 2.0**-6
-"""Bounds |bf16 score - exact score| relative to |features| |item weights| + |bias|: rounding the two factors to
-bfloat16 (8 significant bits) errs by at most 2^-7 of that, rounding the bias and the result by 2^-8 each, float32
-accumulation by ~1e-5; 2^-6 covers the sum with room."""
 
 
 def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,9 +45,10 @@ def batch_rows(n_items: int) -> int:
 
 def candidate_count(k: int, n_items: int) -> int:
     """How many items per row the coarse stage keeps for exact rescoring: enough that nearly every row is proven
-    (measured on ML-1M after 20 epochs, k = 5: 23 leave 1 to 30 of 6,038 rows unproven, 18 leave 170 to 500),
-    few enough to keep its top-k cheap."""
-    return min(n_items, 3 * k // 2 + 16)
+    (Mult-VAE on ML-1M, epochs 6 to 60: at k = 5 the proof needs at most 11 to 16 candidates per row, and 14
+    leave 0 to 10 of 6,038 rows unproven; at k = 20 at most 35), few enough to keep the selection (torch.topk)
+    and the union of candidates small."""
+    return min(n_items, 3 * k // 2 + 7)
 
 
 def rank_in_two_stages(
@@ -59,16 +56,13 @@ def rank_in_two_stages(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`rank` for scores layer(features): coarse scores in `dtype`, exact float32 scores of each row's
     `candidate_count` best, and float32 scores of the whole row where the coarse stage cannot prove the result."""
-    weight, bias = layer.weight, layer.bias
-    n_rows, n_items = features.shape[0], weight.shape[0]
-    coarse = F.linear(features.to(dtype), weight.to(dtype), bias.to(dtype))
+    low = (features.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype))
+    n_rows, n_items = features.shape[0], layer.weight.shape[0]
+    coarse = F.linear(*low)
     mask_known(coarse, known)
     coarse_values, candidates = torch.topk(coarse, candidate_count(k, n_items), dim=1)
     del coarse
-    # exact scores of every item that is some row's candidate: one float32 product over the batch's union
-    union, position = torch.unique(candidates, return_inverse=True)
-    exact = F.linear(features, weight[union], bias[union]).gather(1, position)
-    exact = exact.masked_fill_(coarse_values == -torch.inf, -torch.inf)
+    exact = candidate_scores(features, layer, candidates).masked_fill_(coarse_values == -torch.inf, -torch.inf)
     exact, order = torch.sort(exact, dim=1, descending=True)
     candidates = candidates.gather(1, order)
     depth = min(k, candidates.shape[1])
@@ -80,12 +74,55 @@ def rank_in_two_stages(
     top[:, :depth] = candidates[:, :depth].masked_fill(exact[:, :depth] == -torch.inf, -1)
     top_scores[:, :depth] = exact[:, :depth]
     # a row is proven when every item outside its candidates (coarse score at most the last candidate's) falls
-    # short of its k-th exact score even with the largest rounding error
-    largest_error = ROUNDING_BOUND * (features.norm(dim=1) * weight.norm(dim=1).max() + bias.abs().max())
-    outside = coarse_values[:, -1].float() + largest_error
+    # short of its k-th exact score
+    outside = before_rounding(coarse_values[:, -1].float(), dtype) + rounding_error(features, layer, *low)
     everything = candidates.shape[1] == n_items  # no item outside the candidates
     proven = ((coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside) | everything) & ~tied
     unproven = torch.nonzero(~proven).flatten()
     if len(unproven):
         top[unproven], top_scores[unproven] = ranked(layer(features[unproven]), known[unproven.cpu().numpy()], k)
     return top, top_scores
+
+
+def candidate_scores(features: torch.Tensor, layer: nn.Linear, candidates: torch.Tensor) -> torch.Tensor:
+    """layer(features) at each row's `candidates` (rows x c item indices), in float32: one product over the
+    batch's union of candidates (found by marking them in a table of every item, not by sorting)."""
+    n_items = layer.weight.shape[0]
+    marked = torch.zeros(n_items, dtype=torch.bool, device=candidates.device)
+    marked[candidates.flatten()] = True
+    union = torch.nonzero(marked).flatten()
+    slot = torch.empty(n_items, dtype=torch.int64, device=candidates.device)
+    slot[union] = torch.arange(len(union), device=candidates.device)
+    return F.linear(features, layer.weight[union], layer.bias[union]).gather(1, slot[candidates])
+
+
+def before_rounding(rounded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The largest value that rounds to `rounded` in `dtype` (to nearest, unit roundoff u = eps / 2):
+    |x - r| <= u |x| gives x <= r + u |r| / (1 - u)."""
+    u = torch.finfo(dtype).eps / 2
+    return rounded + rounded.abs() * (u / (1 - u))
+
+
+def rounding_error(
+    features: torch.Tensor, layer: nn.Linear, low_features: torch.Tensor, low_weight: torch.Tensor,
+    low_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Per row h, a bound on |float32 h w_i + b_i - (h' w'_i + b'_i as accumulated)| over every item i, where h',
+    w', b' are the factors rounded to the low precision (`low_*`) and the product accumulates in float32:
+
+        |(h - h') w_i| + |h' (w_i - w'_i)| + |b_i - b'_i|      the rounding of the factors (Cauchy-Schwarz, with
+        <= |h - h'| max|w| + |h'| max|w - w'| + max|b - b'|     the residuals the rounding actually left)
+        + 2 (n + 1) 2^-24 (|h| max|w| + |h'| max|w'| + 2 max|b|)   float32 accumulation of n products and a bias,
+                                                                   in the coarse stage and in the exact scores
+    (products of two bfloat16 numbers are exact in float32). The final rounding of the coarse score to the low
+    precision is `before_rounding`'s."""
+    weight, bias = layer.weight, layer.bias
+    norm = torch.linalg.vector_norm
+    weight_norm, low_weight_norm = norm(weight, dim=1).max(), norm(low_weight.float(), dim=1).max()
+    bias_max = bias.abs().max().clamp_min(low_bias.float().abs().max())
+    factors = (norm(features - low_features.float(), dim=1) * weight_norm
+               + norm(low_features.float(), dim=1) * norm(weight - low_weight.float(), dim=1).max()
+               + (bias - low_bias.float()).abs().max())
+    accumulation = 2 * (features.shape[1] + 1) * 2.0**-24 * (
+        norm(features, dim=1) * weight_norm + norm(low_features.float(), dim=1) * low_weight_norm + 2 * bias_max)
+    return factors + accumulation

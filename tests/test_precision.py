@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.sparse import csr_matrix
 from torch import nn
+from torch.nn import functional as F
 
 from raycf.config import TrainConfig
 from raycf.data.split import Split
@@ -17,7 +18,13 @@ from raycf.errors import RaycfError
 from raycf.metrics import top_k
 from raycf.models import SparseBatch, SparseRows, build_model
 from raycf.models.base import output_product, unit_rows
-from raycf.ranking import candidate_count, rank, rank_in_two_stages
+from raycf.ranking import (
+    before_rounding,
+    candidate_count,
+    rank,
+    rank_in_two_stages,
+    rounding_error,
+)
 from raycf.train import Trainer
 
 
@@ -173,3 +180,30 @@ def test_read_only_arrays_make_batches_without_a_warning() -> None:
         batch = SparseBatch.from_csr(matrix)
     assert torch.equal(dense(batch), torch.from_numpy(matrix.toarray()))
     assert batch.indices.data_ptr() != matrix.indices.ctypes.data  # a copy: torch may not write into Ray's memory
+
+
+@pytest.mark.parametrize(
+    ("feature_scale", "bias_scale", "representable"),
+    [(1.0, 0.1, False), (30.0, 0.1, False), (1e-3, 5.0, False), (1.0, 0.0, True)],
+)
+def test_rounding_error_bounds_every_float32_score_from_its_coarse_score(
+    feature_scale: float, bias_scale: float, representable: bool
+) -> None:
+    """No float32 score exceeds what its bfloat16 score allows (before_rounding + rounding_error), at scales where
+    each term of the bound dominates (`representable`: factors exact in bfloat16, so only float32 accumulation
+    separates the two products), and the bound is at least twice as tight as 2^-6 (|h| max|w| + max|b|)."""
+    generator = torch.Generator().manual_seed(0)
+    layer = nn.Linear(200, 3000)
+    features = torch.randn(256, 200, generator=generator) * feature_scale
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(3000, 200, generator=generator) * 0.1)
+        layer.bias.copy_(torch.randn(3000, generator=generator) * bias_scale)
+        if representable:
+            features = features.bfloat16().float()
+            layer.weight.copy_(layer.weight.bfloat16().float())
+        low = (features.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16())
+        coarse, exact = F.linear(*low), layer(features)
+        error = rounding_error(features, layer, *low)
+        assert (exact <= before_rounding(coarse.float(), torch.bfloat16) + error[:, None]).all()
+        loose = 2.0**-6 * (features.norm(dim=1) * layer.weight.norm(dim=1).max() + layer.bias.abs().max())
+        assert (error < loose / 2).all()
