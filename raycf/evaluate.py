@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from raycf.data.split import Split
 from raycf.metrics import (
@@ -20,12 +21,16 @@ from raycf.metrics import (
     mean_metrics,
     metrics_at,
 )
-from raycf.models import Recommender
-from raycf.ranking import batch_rows, rank
+from raycf.models import Recommender, SparseRows
+from raycf.ranking import batch_rows, rank, rank_batch
 
 PARTS = ("valid", "test")
 NOT_METRICS = ("n_heldout", "hits", "ranked_hits")
 """Per-user arrays of `evaluate` that are counts, not metrics to average."""
+
+
+SPAN_SLACK = 1.25
+"""RankingTask.rank ranks a whole span of resident rows when it is at most this much longer than the users in it."""
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,31 @@ class RankingTask:
     inputs: sp.csr_matrix
     known: sp.csr_matrix
     heldout: sp.csr_matrix
+    rows: SparseRows | None = None
+    """`inputs` resident on the model's device (a Trainer's training rows, when they are the inputs)."""
 
     @classmethod
-    def of(cls, split: Split, part: str = "valid", mask: str = "train") -> RankingTask:
+    def of(cls, split: Split, part: str = "valid", mask: str = "train", rows: SparseRows | None = None) -> RankingTask:
         """The task of `part`: validation masks the inputs only, test the inputs or (mask "train+valid") the
-        validation items too."""
+        validation items too; `rows`: split.inputs(part) already resident."""
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {part!r}")
         known, heldout = check_disjoint(split.known(part, mask if part == "test" else "train"), getattr(split, part))
-        return cls(split.inputs(part), known, heldout)
+        inputs = split.inputs(part)
+        if rows is not None and (rows.n_rows, rows.n_items, len(rows.indices)) != (*inputs.shape, inputs.nnz):
+            raise ValueError(f"rows {rows.n_rows} x {rows.n_items} ({len(rows.indices)} entries) are not the "
+                             f"{part} inputs {inputs.shape} ({inputs.nnz} entries)")
+        return cls(inputs, known, heldout, rows)
+
+    def rank(self, model: Recommender, users: np.ndarray, k: int) -> torch.Tensor:
+        """The top k items of `users` (ascending row indices; raycf.ranking.rank): where they lie in a span of the
+        resident rows at most SPAN_SLACK times their number, the whole span is cut without copying and ranked
+        (the other rows' results dropped); otherwise their rows of `inputs` are."""
+        start, stop = int(users[0]), int(users[-1]) + 1
+        if self.rows is None or stop - start > SPAN_SLACK * len(users):
+            return rank(model, self.inputs[users], self.known[users], k)[0]
+        top = rank_batch(model, self.rows.batch(start, stop), self.known[start:stop], k)[0]
+        return top if stop - start == len(users) else top[torch.from_numpy(users - start).to(top.device)]
 
 
 def evaluate_model(
@@ -57,8 +78,8 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        return evaluate_ranked(lambda users: rank(model, task.inputs[users], task.known[users], k)[0], task.heldout,
-                               k, batch_size=batch_rows(split.n_items))
+        return evaluate_ranked(lambda users: task.rank(model, users, k), task.heldout, k,
+                               batch_size=batch_rows(split.n_items))
     finally:
         model.train(was_training)
 

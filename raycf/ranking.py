@@ -24,8 +24,12 @@ SCORE_CELLS = 2**24
 def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each user's top `k` item indices (best first, ties to the lower index, -1 padded when fewer candidates)
     and their scores, the model reading `inputs` (users x items) and never ranking `known`."""
+    return rank_batch(model, SparseBatch.from_csr(inputs, model.device), known, k)
+
+
+def rank_batch(model: Recommender, batch: SparseBatch, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rank` for inputs already cut as a batch (e.g. from rows resident on the model's device)."""
     with torch.no_grad():
-        batch = SparseBatch.from_csr(inputs, model.device)
         if isinstance(model, NeuralRecommender) and model.config.matmul_dtype != "float32":
             return rank_in_two_stages(model.features(batch), model.decoder, known, k,
                                       getattr(torch, model.config.matmul_dtype))
@@ -62,10 +66,16 @@ def rank_in_two_stages(
     mask_known(coarse, known)
     coarse_values, candidates = torch.topk(coarse, candidate_count(k, n_items), dim=1)
     del coarse
-    exact = candidate_scores(features, layer, candidates).masked_fill_(coarse_values == -torch.inf, -torch.inf)
+    depth = min(k, candidates.shape[1])
+    # |float32 score - coarse score| <= error of each candidate; one whose score cannot reach the least the first
+    # `depth` candidates can score is below all of them: not rescored
+    coarse_values = coarse_values.float()
+    error = final_rounding(coarse_values, dtype).add_(rounding_error(features, layer, *low)[:, None])
+    least = (coarse_values - error)[:, depth - 1 : depth]
+    rescored = (coarse_values + error >= least) & (coarse_values > -torch.inf)
+    exact = candidate_scores(features, layer, candidates, rescored)
     exact, order = torch.sort(exact, dim=1, descending=True)
     candidates = candidates.gather(1, order)
-    depth = min(k, candidates.shape[1])
     # a finite tie among the first k + 1 would need the lower index first: such rare rows take the float32 path
     head = exact[:, : depth + 1]
     tied = ((head[:, 1:] == head[:, :-1]) & (head[:, 1:] > -torch.inf)).any(dim=1)
@@ -75,7 +85,7 @@ def rank_in_two_stages(
     top_scores[:, :depth] = exact[:, :depth]
     # a row is proven when every item outside its candidates (coarse score at most the last candidate's) falls
     # short of its k-th exact score
-    outside = before_rounding(coarse_values[:, -1].float(), dtype) + rounding_error(features, layer, *low)
+    outside = coarse_values[:, -1] + error[:, -1]
     everything = candidates.shape[1] == n_items  # no item outside the candidates
     proven = ((coarse_values[:, -1] == -torch.inf) | (exact[:, depth - 1] > outside) | everything) & ~tied
     unproven = torch.nonzero(~proven).flatten()
@@ -84,23 +94,26 @@ def rank_in_two_stages(
     return top, top_scores
 
 
-def candidate_scores(features: torch.Tensor, layer: nn.Linear, candidates: torch.Tensor) -> torch.Tensor:
-    """layer(features) at each row's `candidates` (rows x c item indices), in float32: one product over the
-    batch's union of candidates (found by marking them in a table of every item, not by sorting)."""
-    n_items = layer.weight.shape[0]
-    marked = torch.zeros(n_items, dtype=torch.bool, device=candidates.device)
-    marked[candidates.flatten()] = True
+def candidate_scores(
+    features: torch.Tensor, layer: nn.Linear, candidates: torch.Tensor, wanted: torch.Tensor
+) -> torch.Tensor:
+    """layer(features) in float32 at each row's `candidates` (rows x c item indices) where `wanted` (rows x c),
+    -inf elsewhere: one product over the batch's union of wanted candidates (marked in a table of every item, not
+    sorted)."""
+    n_items, device = layer.weight.shape[0], candidates.device
+    marked = torch.zeros(n_items, dtype=torch.bool, device=device).index_fill_(0, candidates[wanted], True)
     union = torch.nonzero(marked).flatten()
-    slot = torch.empty(n_items, dtype=torch.int64, device=candidates.device)
-    slot[union] = torch.arange(len(union), device=candidates.device)
-    return F.linear(features, layer.weight[union], layer.bias[union]).gather(1, slot[candidates])
+    slot = torch.zeros(n_items, dtype=torch.int64, device=device).index_copy_(
+        0, union, torch.arange(len(union), device=device))
+    scores = F.linear(features, layer.weight[union], layer.bias[union])
+    return scores.gather(1, slot[candidates]).masked_fill_(~wanted, -torch.inf)
 
 
-def before_rounding(rounded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The largest value that rounds to `rounded` in `dtype` (to nearest, unit roundoff u = eps / 2):
-    |x - r| <= u |x| gives x <= r + u |r| / (1 - u)."""
+def final_rounding(rounded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """How far from `rounded` the value it was rounded from (to nearest, in `dtype`, unit roundoff u = eps / 2)
+    can be: |x - r| <= u |x| gives |x - r| <= u |r| / (1 - u)."""
     u = torch.finfo(dtype).eps / 2
-    return rounded + rounded.abs() * (u / (1 - u))
+    return rounded.abs() * (u / (1 - u))
 
 
 def rounding_error(
@@ -112,17 +125,18 @@ def rounding_error(
 
         |(h - h') w_i| + |h' (w_i - w'_i)| + |b_i - b'_i|      the rounding of the factors (Cauchy-Schwarz, with
         <= |h - h'| max|w| + |h'| max|w - w'| + max|b - b'|     the residuals the rounding actually left)
-        + 2 (n + 1) 2^-24 (|h| max|w| + |h'| max|w'| + 2 max|b|)   float32 accumulation of n products and a bias,
+        + 2 (n + 1) 2^-24 (|h| max|w| + |h'| max|w'| + 2 max|b'|)  float32 accumulation of n products and a bias,
                                                                    in the coarse stage and in the exact scores
-    (products of two bfloat16 numbers are exact in float32). The final rounding of the coarse score to the low
-    precision is `before_rounding`'s."""
-    weight, bias = layer.weight, layer.bias
+    with |h'| <= |h| + |h - h'| (likewise w', b'); products of two bfloat16 numbers are exact in float32. The
+    final rounding of the coarse score to the low precision is `final_rounding`'s."""
     norm = torch.linalg.vector_norm
-    weight_norm, low_weight_norm = norm(weight, dim=1).max(), norm(low_weight.float(), dim=1).max()
-    bias_max = bias.abs().max().clamp_min(low_bias.float().abs().max())
-    factors = (norm(features - low_features.float(), dim=1) * weight_norm
-               + norm(low_features.float(), dim=1) * norm(weight - low_weight.float(), dim=1).max()
-               + (bias - low_bias.float()).abs().max())
+    weight_max = norm(layer.weight, dim=1).max()
+    weight_residual = norm(torch.sub(layer.weight, low_weight), dim=1).max()
+    bias_residual = torch.sub(layer.bias, low_bias).abs().max()
+    feature_norm, feature_residual = norm(features, dim=1), norm(torch.sub(features, low_features), dim=1)
+    low_feature_norm = feature_norm + feature_residual
+    factors = feature_residual * weight_max + low_feature_norm * weight_residual + bias_residual
     accumulation = 2 * (features.shape[1] + 1) * 2.0**-24 * (
-        norm(features, dim=1) * weight_norm + norm(low_features.float(), dim=1) * low_weight_norm + 2 * bias_max)
+        feature_norm * weight_max + low_feature_norm * (weight_max + weight_residual)
+        + 2 * (layer.bias.abs().max() + bias_residual))
     return factors + accumulation

@@ -82,9 +82,12 @@ class Trainer:
         )
         self.planned_epochs = planned_epochs(config)
         self.train_rows = None if self.optimizer is None else SparseRows(
-            split.train[split.train_users], self.device, unit_values=config.normalize == "l2")
-        """The train rows of the users it trains on, resident on the device for the whole run."""
-        self.validation = RankingTask.of(split, "valid")
+            split.train, self.device, unit_values=config.normalize == "l2")
+        """Every user's train row, resident on the device for the whole run."""
+        self.train_users = torch.from_numpy(split.train_users).to(self.device)
+        """The rows it trains on: users with a train record."""
+        shared = self.train_rows is not None and split.inputs("valid") is split.train
+        self.validation = RankingTask.of(split, "valid", rows=self.train_rows if shared else None)
         self.epoch = 0
         self.step = 0
         self.best_epoch = 0
@@ -109,7 +112,7 @@ class Trainer:
             self.model.fit_iteration(self.split.train, self.epoch)
             self.epoch += 1
             return float("nan")
-        order = torch.randperm(len(self.split.train_users), generator=self.generator).to(self.device)
+        order = self.train_users[torch.randperm(len(self.train_users), generator=self.generator).to(self.device)]
         total, steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in self.train_rows.permuted(order).batches(self.config.batch_size):
             loss = self.model.loss(batch, self.step, self.generator)

@@ -15,12 +15,13 @@ from torch.nn import functional as F
 from raycf.config import TrainConfig
 from raycf.data.split import Split
 from raycf.errors import RaycfError
+from raycf.evaluate import RankingTask
 from raycf.metrics import top_k
 from raycf.models import SparseBatch, SparseRows, build_model
 from raycf.models.base import output_product, unit_rows
 from raycf.ranking import (
-    before_rounding,
     candidate_count,
+    final_rounding,
     rank,
     rank_in_two_stages,
     rounding_error,
@@ -189,7 +190,7 @@ def test_read_only_arrays_make_batches_without_a_warning() -> None:
 def test_rounding_error_bounds_every_float32_score_from_its_coarse_score(
     feature_scale: float, bias_scale: float, representable: bool
 ) -> None:
-    """No float32 score exceeds what its bfloat16 score allows (before_rounding + rounding_error), at scales where
+    """Every float32 score lies within final_rounding + rounding_error of its bfloat16 score, at scales where
     each term of the bound dominates (`representable`: factors exact in bfloat16, so only float32 accumulation
     separates the two products), and the bound is at least twice as tight as 2^-6 (|h| max|w| + max|b|)."""
     generator = torch.Generator().manual_seed(0)
@@ -204,6 +205,26 @@ def test_rounding_error_bounds_every_float32_score_from_its_coarse_score(
         low = (features.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16())
         coarse, exact = F.linear(*low), layer(features)
         error = rounding_error(features, layer, *low)
-        assert (exact <= before_rounding(coarse.float(), torch.bfloat16) + error[:, None]).all()
+        assert ((exact - coarse.float()).abs() <= final_rounding(coarse.float(), torch.bfloat16) + error[:, None]).all()
         loose = 2.0**-6 * (features.norm(dim=1) * layer.weight.norm(dim=1).max() + layer.bias.abs().max())
         assert (error < loose / 2).all()
+
+
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_validation_ranks_from_the_shared_training_rows_as_from_its_inputs(small_split: Split, matmul_dtype: str) -> None:
+    """A Trainer validates from its resident training rows (the validation inputs here, shared, not copied):
+    spans of them are cut without copying and ranked whole; each user's top k is the one ranking its input row
+    gives, for users in one span, in a span with gaps (within SPAN_SLACK) and scattered."""
+    trainer = trained(small_split, "multvae", matmul_dtype)
+    task, model = trainer.validation, trainer.model.eval()
+    assert task.rows is trainer.train_rows
+    plain = RankingTask.of(small_split, "valid")
+    assert plain.rows is None
+    for users in (np.arange(40, 140), np.delete(np.arange(40, 140), [3, 50, 51]), np.arange(0, 400, 7)):
+        assert torch.equal(task.rank(model, users, 5), plain.rank(model, users, 5))
+        assert torch.equal(task.rank(model, users, 5), rank(model, task.inputs[users], task.known[users], 5)[0])
+
+
+def test_rows_that_are_not_the_inputs_are_refused(small_split: Split) -> None:
+    with pytest.raises(ValueError, match=r"rows 400 x 150 \(\d+ entries\) are not the test inputs"):
+        RankingTask.of(small_split, "test", rows=SparseRows(small_split.valid))
