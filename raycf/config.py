@@ -14,9 +14,9 @@ NEURAL_MODELS = ("multvae", "autorec")
 alternating least squares (ials)."""
 NORMALIZATIONS = ("l2", "none")
 ACTIVATIONS = ("identity", "sigmoid", "relu", "elu", "selu")
+"""AutoRec's hidden and output activations (all monotone, so scores rank as the activated output)."""
 MATMUL_DTYPES = ("float32", "bfloat16")
 """Neural models: the precision of the output layer's products in training (raycf.models.base.output_product)."""
-"""AutoRec's hidden and output activations (all monotone, so scores rank as the activated output)."""
 
 # Each model's reference settings (reference-experiment.md); anything not named takes the field default.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
