@@ -149,12 +149,29 @@ def run_trial(
 class TrialLedger(tune.Callback):
     """Driver-side records that outlive the driver: which trials Tune ended, and how often each failed."""
 
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+        """A result Tune ends the trial on (done: an ASHA or stopper decision) marks the checkpoint a resume would
+        restore, the one this result carries if any, before the loggers write the result: a driver killed once
+        the ended trial's result.json says done never resumes it (on_trial_complete comes only after Tune has
+        saved that checkpoint and stopped the actor)."""
+        if result.get("done"):
+            self.mark_ended(trial, result.get(TIME_ATTR), result.get("checkpoint_dir_name"))
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Mark the ended trial's last checkpoint: a resumed study never trains it again."""
-        if trial.checkpoint is None:
+        self.mark_ended(trial, (trial.last_result or {}).get(TIME_ATTR))
+
+    @staticmethod
+    def mark_ended(trial: Any, epoch: int | None, checkpoint_dir_name: str | None = None) -> None:
+        """Write ENDED_FILE into the trial's checkpoint `checkpoint_dir_name` (persisted already: a function
+        trainable uploads it before reporting), else into its latest registered checkpoint, if any."""
+        if checkpoint_dir_name is not None:
+            filesystem, path = trial_filesystem(trial), f"{trial.path}/{checkpoint_dir_name}"
+        elif trial.checkpoint is not None:
+            filesystem, path = trial.checkpoint.filesystem, trial.checkpoint.path
+        else:
             return
-        epoch = (trial.last_result or {}).get(TIME_ATTR)
-        with trial.checkpoint.filesystem.open_output_stream(f"{trial.checkpoint.path}/{ENDED_FILE}") as stream:
+        with filesystem.open_output_stream(f"{path}/{ENDED_FILE}") as stream:
             stream.write(json.dumps({"ended_at_epoch": epoch}).encode())
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
