@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,38 +42,71 @@ def test_seed_0_split_has_the_counts_the_readme_gives(ml1m_split: Split) -> None
     assert f"the {manifest['dropped']['valid']} validation and {manifest['dropped']['test']} test records" in readme
 
 
-PINNED_TEST = {
-    # test P/R/NDCG/MRR@5 of the reference settings, seed 0, per matmul_dtype; best epoch (stopped 50 later)
-    ("multvae", "float32"): (60, {"precision": 0.2842035471573015, "recall": 0.08029600679166488,
-                                  "ndcg": 0.2941863281343084, "mrr": 0.48489419304933973}),
-    ("multvae", "bfloat16"): (60, {"precision": 0.28433615116857286, "recall": 0.08044743208433636,
-                                   "ndcg": 0.2944420392348663, "mrr": 0.4855765511906735}),
-    ("autorec", "float32"): (58, {"precision": 0.2690535388695508, "recall": 0.07074457244825709,
-                                  "ndcg": 0.2802920610554874, "mrr": 0.4684291949831482}),
-    ("autorec", "bfloat16"): (58, {"precision": 0.26892093485827945, "recall": 0.07072010711558666,
-                                   "ndcg": 0.2802662930570874, "mrr": 0.4684291949831482}),
+ONEDNN_ISAS_WITHOUT_BFLOAT16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_bfloat16_class() -> str:
+    """The CPU's bfloat16 class from /proc/cpuinfo: "amx" (AMX-BF16), "avx512_bf16" (native bfloat16 dot products
+    without AMX) or "emulated" (neither: bfloat16 products are converted to float32 and round differently).
+    `ONEDNN_MAX_CPU_ISA` capped below AVX512_CORE_BF16 emulates bfloat16 on any CPU, and counts as "emulated"."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BFLOAT16:
+        return "emulated"
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "emulated"
+
+
+PINNED_FLOAT32 = {
+    # test P/R/NDCG/MRR@5 of the reference settings, seed 0, float32; best epoch (stopped 50 later). The same on
+    # an AMD EPYC with AVX512-BF16 and on an AVX-512 Xeon without it (torch 2.13.0 CPU, 2 threads).
+    "multvae": (60, {"precision": 0.2842035471573015, "recall": 0.08029600679166488,
+                     "ndcg": 0.2941863281343084, "mrr": 0.48489419304933973}),
+    "autorec": (58, {"precision": 0.2690535388695508, "recall": 0.07074457244825709,
+                     "ndcg": 0.2802920610554874, "mrr": 0.4684291949831482}),
 }
-"""Measured on this project's 2-core CI machine (torch 2.13 CPU, MKL and oneDNN, AVX512-BF16); another BLAS build
-or CPU may round differently and move a trained model's figures slightly, hence the tolerance."""
+PINNED_BFLOAT16 = {
+    # bfloat16 output products round as the CPU computes them, so their figures are pinned per CPU class, only
+    # for the class they were measured on: an AMD EPYC with AVX512-BF16 and no AMX (torch 2.13.0 CPU, 2 threads).
+    # Elsewhere (AMX, or emulated bfloat16 on an AVX-512 Xeon, where Mult-VAE's MRR@5 is 0.48539 and AutoRec's
+    # P@5 0.26922) the quality gate below is what holds.
+    ("multvae", "avx512_bf16"): (60, {"precision": 0.28433615116857286, "recall": 0.08044743208433636,
+                                      "ndcg": 0.2944420392348663, "mrr": 0.4855765511906735}),
+    ("autorec", "avx512_bf16"): (58, {"precision": 0.26892093485827945, "recall": 0.07072010711558666,
+                                      "ndcg": 0.2802662930570874, "mrr": 0.4684291949831482}),
+}
+BFLOAT16_GATE = {"ndcg": 0.002, "best_epoch": 5}
+"""On every CPU: the bfloat16 run within 0.002 NDCG@5 of float32 (issue 15's quality gate) and its best epoch
+within 5 of float32's."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["multvae", "autorec"])
 def test_reference_settings_give_the_pinned_figures_in_both_precisions(ml1m_split: Split, model: str) -> None:
     """The write-up's settings (Mult-VAE: beta 0.2, dropout 0.5, 200 units; AutoRec: lambda 1e-3) trained in float32
-    and with bfloat16 output products: each run's pinned figures, and mixed precision within 0.002 NDCG@5 of
-    float32 (issue 15's quality gate)."""
-    ndcg = {}
+    (pinned on every CPU) and with bfloat16 output products (gated against float32 on every CPU; pinned too on the
+    CPU class the pins were measured on)."""
+    runs = {}
     for matmul_dtype in ("float32", "bfloat16"):
         result = train(ml1m_split, TrainConfig.for_model(model, seed=0, matmul_dtype=matmul_dtype))
         test = summarize(evaluate_model(result.model, ml1m_split, "test", mask="train"))
-        best_epoch, pinned = PINNED_TEST[model, matmul_dtype]
-        print(f"{model} {matmul_dtype}: best epoch {result.best_epoch}, test {test}")
-        assert (result.best_epoch, result.epochs_run) == (best_epoch, best_epoch + 50)  # stopped by patience
-        for name, value in pinned.items():
-            assert test[name] == pytest.approx(value, abs=1e-4), (matmul_dtype, name)
-        ndcg[matmul_dtype] = test["ndcg"]
-    assert abs(ndcg["bfloat16"] - ndcg["float32"]) <= 0.002
+        print(f"{model} {matmul_dtype} on {cpu_bfloat16_class()}: best epoch {result.best_epoch}, test {test}")
+        assert result.epochs_run == result.best_epoch + 50  # stopped by patience
+        runs[matmul_dtype] = (result.best_epoch, test)
+    pinned = {"float32": PINNED_FLOAT32[model]}
+    if (model, cpu_bfloat16_class()) in PINNED_BFLOAT16:
+        pinned["bfloat16"] = PINNED_BFLOAT16[model, cpu_bfloat16_class()]
+    for matmul_dtype, (best_epoch, figures) in pinned.items():
+        assert runs[matmul_dtype][0] == best_epoch, matmul_dtype
+        for name, value in figures.items():
+            assert runs[matmul_dtype][1][name] == pytest.approx(value, abs=1e-4), (matmul_dtype, name)
+    (exact_epoch, exact), (mixed_epoch, mixed) = runs["float32"], runs["bfloat16"]
+    assert abs(mixed["ndcg"] - exact["ndcg"]) <= BFLOAT16_GATE["ndcg"]
+    assert abs(mixed_epoch - exact_epoch) <= BFLOAT16_GATE["best_epoch"]
 
 
 @pytest.mark.parametrize(
