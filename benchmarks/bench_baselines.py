@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 from reproduce_table import DEFAULT_ML1M, numbers
 
-from raycf.config import MODEL_NAMES, TrainConfig
 from raycf.data.loaders import read_interactions
-from raycf.data.split import split_interactions
-from raycf.evaluate import evaluate_model, summarize
-from raycf.layout import REFERENCE
-from raycf.metrics import METRICS
-from raycf.train import TrainResult, train
+from raycf.data.schemes.records import split_interactions
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.eval.metrics import METRICS
+from raycf.models.config import TrainConfig
+from raycf.models.registry import model_names
+from raycf.runs.layout import REFERENCE
+from raycf.train.trainer import TrainResult, train
 
 ORDER = ("pop", "ease", "itemknn", "ials", "autorec", "multvae")
 HEADERS = {"precision": "Precision@5", "recall": "Recall@5", "ndcg": "NDCG@5", "mrr": "MRR@5"}
@@ -153,7 +154,7 @@ def main() -> None:
         print(json.dumps(run_job(spec["model"], spec["seed"], spec["grid"], Path(spec["path"]))), flush=True)
         return
     models = args.models.split(",")
-    unknown = sorted(set(models) - set(MODEL_NAMES))
+    unknown = sorted(set(models) - set(model_names()))
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)}; choose from {','.join(ORDER)}")
     path = Path(os.environ.get("RAYCF_ML1M", DEFAULT_ML1M))

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from raycf.cluster import connect
-from raycf.study import load_study
-from raycf.tune import TuneOptions, run_study
+from raycf.cluster.connection import connect
+from raycf.study.schema import load_study
+from raycf.tune.driver import TuneOptions, run_study
 
 ML1M = Path(os.environ.get("RAYCF_ML1M", Path(__file__).resolve().parents[2] / "shared/data/ml-1m/ratings.dat.gz"))
 
@@ -58,7 +58,8 @@ def main() -> None:
                                        patience=args.epochs + 1))
     connect(None)
     started = time.perf_counter()
-    run_dir = Path(run_study(load_study(study_file), TuneOptions(storage=str(storage), name="memory", verbose=0)).run_dir)
+    run_dir = Path(run_study(load_study(study_file),
+                             TuneOptions(storage=str(storage), name="memory", verbose=0)).run_dir)
     wall = time.perf_counter() - started
     (trial_dir,) = run_dir.glob("run_trial_*")
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]

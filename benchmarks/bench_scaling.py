@@ -21,11 +21,11 @@ from bench_score import make_run, single_process_rate, timed_scoring
 from bench_tune import trial_timings
 from ray.cluster_utils import Cluster
 
-from raycf.data.split import split_interactions
+from raycf.data.schemes.records import split_interactions
 from raycf.data.synthetic import generate_synthetic
-from raycf.score import ScoreOptions
-from raycf.study import load_study
-from raycf.tune import TRIALS_FILE, TuneOptions, run_study
+from raycf.score.job import ScoreOptions
+from raycf.study.schema import load_study
+from raycf.tune.driver import TRIALS_FILE, TuneOptions, run_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
 
@@ -83,7 +83,8 @@ def main() -> None:
                 print(f"one thread in-process: {single_rate:.0f} users/s")
             total = sum(node_cpus)
             print(f"{label:16s} | {study_figures(root / 'studies', label.replace(' ', '-'), total)}")
-            print(f"{'':16s} | {scoring_figures(run, root / f'scores-{total}-{len(node_cpus)}', total, split.n_users, single_rate)}")
+            scores = scoring_figures(run, root / f"scores-{total}-{len(node_cpus)}", total, split.n_users, single_rate)
+            print(f"{'':16s} | {scores}")
         finally:
             ray.shutdown()
             cluster.shutdown()

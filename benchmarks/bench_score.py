@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from raycf.config import TrainConfig
 from raycf.data.loaders import read_interactions
-from raycf.data.split import Split, save_split, split_interactions
+from raycf.data.schemes.records import split_interactions
+from raycf.data.split import Split, save_split
 from raycf.data.synthetic import generate_synthetic
 from raycf.models import build_model
 from raycf.models.checkpoint import save_checkpoint
-from raycf.score import ScoreOptions, Scorer, run_scoring, user_table
-from raycf.train import CHECKPOINT_NAME
+from raycf.models.config import TrainConfig
+from raycf.score.job import ScoreOptions, Scorer, run_scoring, user_table
+from raycf.train.trainer import CHECKPOINT_NAME
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from raycf.cluster import connect
-from raycf.study import SearcherSpec, apply_overrides, load_study
-from raycf.tune import TRIALS_FILE, TuneOptions, run_study
+from raycf.cluster.connection import connect
+from raycf.study.schema import SearcherSpec, apply_overrides, load_study
+from raycf.tune.driver import TRIALS_FILE, TuneOptions, run_study
 
 
 def proposal_order(run_dir: Path, trial_id: str) -> int:

@@ -42,8 +42,9 @@ from typing import NamedTuple
 
 import torch
 
-from raycf.config import MATMUL_DTYPES, TrainConfig
 from raycf.data.split import Split
+from raycf.models.config import TrainConfig
+from raycf.models.params import MATMUL_DTYPES
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
 ML20M_SHAPE = {"n_users": 136_677, "n_items": 20_108, "mean_interactions": 68}
@@ -55,7 +56,9 @@ STATUS = Path("/proc/self/status")
 def build_split(shape: str, cache: str | None) -> Split:
     """The benchmark's split: ML-1M read from its ratings, or the ML-20M-shaped synthetic data; loaded from or
     saved to `cache` when given."""
-    from raycf.data.split import load_split, save_split, split_interactions
+    from raycf.data.schemes.records import split_interactions
+    from raycf.data.source import load_split
+    from raycf.data.split import save_split
 
     if cache is not None and Path(cache, "manifest.json").is_file():
         return load_split(Path(cache))
@@ -101,12 +104,12 @@ def dense_matmul_gflops(device: str, size: int = 2048, repeats: int = 5, dtype: 
 
 
 def encoder_width(config: TrainConfig) -> int:
-    return 2 * config.hidden if config.model == "multvae" else config.hidden
+    return 2 * config.params.hidden if config.model == "multvae" else config.params.hidden
 
 
 def epoch_gflop(split: Split, config: TrainConfig) -> float:
     """Floating-point work of one training epoch (the FLOP model above)."""
-    decoder = 3 * 2 * len(split.train_users) * config.hidden * split.n_items
+    decoder = 3 * 2 * len(split.train_users) * config.params.hidden * split.n_items
     encoder = 2 * 2 * split.train.nnz * encoder_width(config)
     return (decoder + encoder) / 1e9
 
@@ -114,7 +117,7 @@ def epoch_gflop(split: Split, config: TrainConfig) -> float:
 def validation_gflop(split: Split, config: TrainConfig) -> float:
     """Floating-point work of one full-ranking validation (the FLOP model above)."""
     users = int((split.valid.getnnz(axis=1) > 0).sum())
-    return 2 * users * config.hidden * split.n_items / 1e9
+    return 2 * users * config.params.hidden * split.n_items / 1e9
 
 
 def reset_peak_rss() -> bool:
@@ -152,7 +155,7 @@ class ModelRun(NamedTuple):
 def run_model(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
     """In a fresh process: time `epochs` epochs and validations of `model` (after `warmup` epochs) and measure the
     matmul rate before and after them."""
-    from raycf.train import Trainer
+    from raycf.train.trainer import Trainer
 
     reset_peak_rss()
     if args.threads:
@@ -196,7 +199,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 gives "
                         "steadier figures on a machine busy with other work")
     parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32",
-                        help="the models' matmul_dtype (bfloat16: mixed-precision output layer; the bound stays float32's)")
+                        help="the models' matmul_dtype (bfloat16: mixed-precision output layer; the bound stays "
+                             "float32's)")
     parser.add_argument("--split-cache", help="directory keeping the split between runs (created if missing)")
     args = parser.parse_args()
     small = args.shape == "ml1m"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from raycf.cluster import connect
-from raycf.data.split import load_split
-from raycf.evaluate import evaluate_model, summarize
-from raycf.metrics import METRICS
-from raycf.models.checkpoint import load_checkpoint
-from raycf.study import apply_overrides, load_study
-from raycf.tune import SPLIT_DIR, TRIALS_FILE, TuneOptions, run_study
+from raycf.cluster.connection import connect
+from raycf.data.source import load_split
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.eval.metrics import METRICS
+from raycf.models.checkpoint import checkpoint_from_bytes
+from raycf.study.schema import apply_overrides, load_study
+from raycf.tune.driver import SPLIT_DIR, TRIALS_FILE, TuneOptions, run_study
 
 
 def trial_timings(trial_dir: Path) -> tuple[float, float, int]:
@@ -63,7 +63,8 @@ def main() -> None:
     split = load_split(run_dir / SPLIT_DIR)
     leaderboard = trials.sort_values("valid_ndcg", ascending=False).groupby("model").head(1)
     for _, row in leaderboard.iterrows():
-        model, _ = load_checkpoint(run_dir / row["checkpoint"])
+        path = run_dir / row["checkpoint"]
+        model, _ = checkpoint_from_bytes(path.read_bytes(), str(path))
         test = summarize(evaluate_model(model, split, "test", mask="train"))
         print(f"best {row['model']:8s} (valid ndcg {row['valid_ndcg']:.4f}, {json.loads(row['config'])}): test "
               + " ".join(f"{name}@5 {test[name]:.4f}" for name in METRICS))

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from raycf.config import TrainConfig
 from raycf.data.loaders import read_interactions
-from raycf.data.split import split_interactions
-from raycf.evaluate import evaluate_model, summarize
-from raycf.layout import REFERENCE
-from raycf.metrics import METRICS
-from raycf.train import TrainResult, train
+from raycf.data.schemes.records import split_interactions
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.eval.metrics import METRICS
+from raycf.models.config import TrainConfig
+from raycf.runs.layout import REFERENCE
+from raycf.train.trainer import TrainResult, train
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
 
@@ -46,7 +46,7 @@ def main() -> None:
         for model, result in chosen.items():
             test = summarize(evaluate_model(result.model, split, "test", mask="train"))
             results[model].append(test)
-            print(f"seed {seed} {model:8s} lambda={result.config.l2:g} best epoch {result.best_epoch:4d} "
+            print(f"seed {seed} {model:8s} lambda={result.config.params.l2:g} best epoch {result.best_epoch:4d} "
                   + " ".join(f"{name} {test[name]:.4f}" for name in METRICS), flush=True)
     print(f"\nML-1M test @5, train-only masking, split seeds {args.seeds} (mean ± std) vs the write-up:")
     print("| method | " + " | ".join(f"{name.capitalize()}@5" for name in METRICS) + " |")

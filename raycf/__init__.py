@@ -1,8 +1,8 @@
 """raycf: recommender-system hyperparameter studies and batch scoring on Ray.
 
 Python API: `raycf.load(path)` (raycf.api.load) returns a trained model whose `recommend(histories, k)` takes
-and gives raw item ids; `raycf.train.run_training`, `raycf.tune.run_study` and `raycf.score.run_scoring` run
-the commands' jobs and return typed results (TrainRun, StudyResult, ScoreResult).
+and gives raw item ids; `raycf.train.trainer.run_training`, `raycf.tune.driver.run_study` and
+`raycf.score.job.run_scoring` run the commands' jobs and return typed results (TrainRun, StudyResult, ScoreResult).
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from raycf.data.split import load_split
+from raycf.data.source import load_split
 from raycf.errors import RaycfError
+from raycf.eval.ranking import rank
 from raycf.models import Recommender
 from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
-from raycf.ranking import rank
-from raycf.score import read_bytes, resolve_target
-from raycf.train import SPLIT_DIR
+from raycf.runs.layout import SPLIT_DIR
+from raycf.runs.targets import read_checkpoint_bytes, resolve_target
 
 HISTORY = "history"
 """`exclude=HISTORY` (the default): never recommend an item of the user's own history."""
@@ -93,8 +93,7 @@ class LoadedModel:
         for start in range(0, len(histories), batch_size):
             batch = slice(start, start + batch_size)
             top, top_scores = rank(self.model, inputs[batch], known[batch], k)
-            top, top_scores = top.cpu().numpy(), top_scores.cpu().numpy()
-            for row, row_scores in zip(top, top_scores):
+            for row, row_scores in zip(top.cpu().numpy(), top_scores.cpu().numpy()):
                 kept = row >= 0
                 items.append(self.item_ids[row[kept]])
                 scores.append(row_scores[kept].astype(np.float32))
@@ -110,6 +109,7 @@ def load(path: str, model: str | None = None, trial: str | None = None) -> Loade
         if not target.run.has(f"{SPLIT_DIR}/manifest.json"):
             raise RaycfError(f"{path}: no {SPLIT_DIR}/ beside the checkpoint; load a run directory")
         split = load_split(target.run.get_directory(SPLIT_DIR, Path(local)))
-    loaded, meta = checkpoint_from_bytes(read_bytes(target.checkpoint), target.checkpoint, expect_items=split.n_items)
+    loaded, meta = checkpoint_from_bytes(read_checkpoint_bytes(target.checkpoint), target.checkpoint,
+                                         expect_items=split.n_items)
     check_same_split(meta, split.manifest["split_sha256"], target.checkpoint)
     return LoadedModel(loaded, split.item_ids, meta)

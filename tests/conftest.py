@@ -13,22 +13,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
+import torch
 
-from raycf.data.split import Split, split_interactions
+from raycf.data.schemes.records import split_interactions
+from raycf.data.split import Split
 from raycf.data.synthetic import generate_synthetic
+from raycf.errors import CheckpointError
+from raycf.eval.metrics import check_disjoint, evaluate_ranked, top_k
+from raycf.models import Recommender
+from raycf.models.checkpoint import checkpoint_from_bytes
 
 ML1M_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
 
 
 def run_raycf(*args: str) -> int:
     """Run the `raycf` command in this process; its exit status (0 when it returns normally)."""
-    from raycf.cli import main
+    from raycf.cli.main import main
 
     try:
         main(list(args))
@@ -261,3 +269,41 @@ def object_store() -> Iterator[ObjectStore]:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def evaluate_scores(
+    score_fn: Callable[[np.ndarray], torch.Tensor],
+    known: sp.spmatrix,
+    heldout: sp.spmatrix,
+    k: int = 5,
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """raycf.eval.metrics.evaluate_ranked over a score function (the tests' way in): per-user METRICS at k for
+    all users, plus int arrays "n_heldout" and "hits" (their counts) and the
+    (n_users x k) bool "ranked_hits" for metrics_at (all False for users without a held-out item).
+
+    `score_fn(users)` returns (len(users) x n_items) scores, which top_k may overwrite; it
+    is called only for users with a held-out item. Users without one get NaN metrics.
+    Known and held-out items that overlap raise ValueError.
+    """
+    known, heldout = check_disjoint(known, heldout)
+
+    def rank_fn(users: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            scores = torch.as_tensor(score_fn(users))
+        if tuple(scores.shape) != (len(users), known.shape[1]):
+            raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(len(users), known.shape[1])}")
+        return top_k(scores, known[users], k)
+
+    return evaluate_ranked(rank_fn, heldout, k, batch_size)
+
+
+def load_checkpoint(
+    path: Path, *, expect_model: str | None = None, expect_items: int | None = None
+) -> tuple[Recommender, dict[str, Any]]:
+    """A checkpoint file's model in eval mode and its meta (raycf.models.checkpoint.checkpoint_from_bytes);
+    CheckpointError for anything unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; pass a checkpoint file or a run directory holding one")
+    return checkpoint_from_bytes(path.read_bytes(), str(path), expect_model=expect_model, expect_items=expect_items)

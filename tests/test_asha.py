@@ -9,8 +9,8 @@ from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from raycf.asha import PerModelASHA
-from raycf.tune import TIME_ATTR
+from raycf.tune.asha import PerModelASHA
+from raycf.tune.driver import TIME_ATTR
 
 METRIC = "valid_ndcg"
 

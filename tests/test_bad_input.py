@@ -18,11 +18,11 @@ import ray
 import torch
 from conftest import run_raycf, write_code_pickle
 
-from raycf.config import TrainConfig
-from raycf.data.source import DataSpec
+from raycf.data.spec import DataSpec
 from raycf.models import build_model
 from raycf.models.checkpoint import save_checkpoint
-from raycf.train import run_training
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import run_training
 
 Args = Callable[[Path], list[str]]
 """Writes a case's files under the given directory and returns the command line."""

@@ -1,10 +1,10 @@
 """The four baselines (pop, EASE, ItemKNN, iALS) against hand-written or dense references, their fit under the
-Trainer (epochs, resuming), checkpoints, and the config errors that refuse bad baseline settings."""
+Trainer (epochs, resuming), and the config errors that refuse bad baseline settings (what every model does,
+checkpoints and foreign hyperparameters included, is in test_every_model.py)."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +14,9 @@ from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
 import raycf.models.ials
-from raycf.config import TrainConfig
 from raycf.data.split import Split
 from raycf.errors import RaycfError
-from raycf.evaluate import evaluate_model, summarize
+from raycf.eval.evaluation import evaluate_model, summarize
 from raycf.models import (
     EASE,
     IALS,
@@ -28,10 +27,8 @@ from raycf.models import (
     build_model,
     planned_epochs,
 )
-from raycf.models.checkpoint import load_checkpoint, save_checkpoint
-from raycf.train import Trainer, train
-
-BASELINES = ("pop", "ease", "itemknn", "ials")
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import Trainer, train
 
 
 def random_binary(n_users: int, n_items: int, density: float, seed: int) -> csr_matrix:
@@ -268,24 +265,6 @@ def test_ials_fold_in_in_chunks_gives_the_default_scores(
 
 # --- all baselines --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_baseline_checkpoint_round_trip_gives_identical_scores(name: str, tmp_path: Path) -> None:
-    """A fitted baseline saved to a file and loaded (weights only) scores a batch exactly as before."""
-    train_matrix = random_binary(30, 15, 0.3, seed=10)
-    overrides = {"ials": {"factors": 4, "iterations": 2}, "itemknn": {"neighbors": 5}}.get(name, {})
-    model = fitted(name, train_matrix, **overrides)
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, model, meta={"note": name})
-    assert torch.load(path, weights_only=True)["model"] == name
-    loaded, meta = load_checkpoint(path, expect_model=name, expect_items=15)
-    assert meta == {"note": name}
-    assert type(loaded) is type(model) and loaded.config == model.config
-    users = random_binary(6, 15, 0.3, seed=11)
-    original = scores_of(model, users)
-    assert original.abs().sum() > 0  # a fitted model, not freshly built zeros
-    assert torch.equal(scores_of(loaded, users), original)
-
-
 @pytest.mark.parametrize(
     ("name", "overrides", "epochs"),
     [
@@ -321,10 +300,6 @@ def test_trainer_runs_a_baseline_for_its_planned_epochs(
         ("itemknn", {"shrink": -1.0}, r"^config: shrink must be >= 0, got -1\.0$"),
         ("ials", {"factors": 0}, r"^config: factors must be >= 1, got 0$"),
         ("ials", {"alpha": 0.0}, r"^config: alpha must be > 0, got 0\.0$"),
-        ("pop", {"l2": 5.0}, r"^config: l2 is not a hyperparameter of pop \(pop takes no hyperparameters\); remove it$"),
-        ("ease", {"dropout": 0.3}, r"^config: dropout is not a hyperparameter of ease \(ease takes l2\); remove it$"),
-        ("multvae", {"neighbors": 10}, r"^config: neighbors is not a hyperparameter of multvae \(multvae takes "),
-        ("autorec", {"layers": [600]}, r"^config: layers is not a hyperparameter of autorec \(autorec takes "),
     ],
 )
 def test_bad_baseline_settings_are_refused_naming_the_field(

@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_raycf
+from conftest import load_checkpoint, run_raycf
 
-from raycf.config import TrainConfig
-from raycf.data.split import load_split
+from raycf.data.source import load_split
 from raycf.errors import RaycfError
-from raycf.evaluate import evaluate_model, summarize
-from raycf.memory import check_fit_memory
-from raycf.models.checkpoint import load_checkpoint
-from raycf.report import REPORT_HTML, REPORT_MD
-from raycf.score import SCORES_DIR, SUMMARY_JSON
-from raycf.storage import parse_results
-from raycf.tune import LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.models.config import TrainConfig
+from raycf.report.run_report import REPORT_HTML, REPORT_MD
+from raycf.score.job import SCORES_DIR, SUMMARY_JSON
+from raycf.storage.location import parse_results
+from raycf.train.memory import check_fit_memory
+from raycf.tune.driver import LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
 
 BASELINE_STUDY = """\
 name: baselines

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_raycf
+from conftest import load_checkpoint, run_raycf
 
-from raycf.data.split import load_split
-from raycf.evaluate import evaluate_model, summarize
-from raycf.models.checkpoint import load_checkpoint
+from raycf.data.source import load_split
+from raycf.eval.evaluation import evaluate_model, summarize
 
 FAST = ["--hidden", "16", "--max-epochs", "4", "--quiet"]
 

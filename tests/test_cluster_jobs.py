@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 from conftest import TwoNodeCluster, free_ports
 
-from raycf.score import SUMMARY_JSON, TOPK_DIR
-from raycf.tune import SPLIT_DIR, TRIALS_FILE
+from raycf.score.job import SUMMARY_JSON, TOPK_DIR
+from raycf.tune.driver import SPLIT_DIR, TRIALS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYCF = [sys.executable, "-m", "raycf"]
@@ -216,7 +216,8 @@ def test_ctrl_c_detaches_and_no_wait_returns_at_once_while_the_jobs_go_on(two_no
                                                                           submitted_study: ClusterRun) -> None:
     follower = subprocess.Popen([*RAYCF, "tune", "studies/quickstart.yaml", "--submit", two_nodes.dashboard,
                                  "--storage", str(two_nodes.base / "shared"), "--name", "detached"],
-                                cwd=ROOT, env=two_nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                cwd=ROOT, env=two_nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
     first = follower.stdout.readline()
     while first and not first.startswith("submitted Ray job raysubmit_"):
         first = follower.stdout.readline()

@@ -26,11 +26,12 @@ from conftest import ObjectStore, TwoNodeCluster
 
 from raycf.data.source import prepare_split
 from raycf.data.synthetic import generate_synthetic
-from raycf.report import REPORT_HTML, REPORT_MD
-from raycf.score import SUMMARY_JSON, TOPK_DIR, USER_METRICS_DIR
-from raycf.storage import POINTER_FILE
-from raycf.study import load_study
-from raycf.tune import BEST_FILE, SPLIT_DIR, TRIALS_FILE
+from raycf.report.run_report import REPORT_HTML, REPORT_MD
+from raycf.runs.layout import BEST_FILE
+from raycf.score.job import SUMMARY_JSON, TOPK_DIR, USER_METRICS_DIR
+from raycf.storage.location import POINTER_FILE
+from raycf.study.schema import load_study
+from raycf.tune.driver import SPLIT_DIR, TRIALS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYCF = [sys.executable, "-m", "raycf"]
@@ -40,7 +41,8 @@ METRICS = ("precision", "recall", "ndcg", "mrr")
 def raycf(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
     done = subprocess.run([*RAYCF, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
-    assert done.returncode == 0, f"raycf {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (f"raycf {' '.join(args)} exited {done.returncode}:\n"
+                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
 
 
@@ -152,7 +154,8 @@ def test_scoring_killed_mid_write_leaves_the_previous_output_whole(s3_train_run:
     killed.wait()
     (orphan,) = versions(object_store, "train/scores/") - {old}
     after = object_store.keys("train/scores/")
-    assert {key: tag for key, tag in after.items() if orphan not in key} == before  # pointer and old version as they were
+    # pointer and old version as they were
+    assert {key: tag for key, tag in after.items() if orphan not in key} == before
     parts = [key for key in after if key.startswith(f"train/scores/{old}/{TOPK_DIR}/") and key.endswith(".parquet")]
     topk = pd.concat([pd.read_parquet(io.BytesIO(object_store.read(key))) for key in parts])
     assert set(topk["rank"]) == {1, 2, 3, 4} and topk["user_id"].nunique() == 3000  # the previous output, whole
@@ -246,7 +249,8 @@ def test_resume_continues_a_study_from_s3(two_nodes: TwoNodeCluster, object_stor
     ids=["no-bucket", "wrong-credentials", "no-credentials", "unreachable-endpoint"],
 )
 def test_bad_object_store_is_one_line_and_exit_2_before_ray(object_store: ObjectStore, tmp_path: Path,
-                                                            command: list[str], env_change: dict, expected: str) -> None:
+                                                            command: list[str], env_change: dict,
+                                                            expected: str) -> None:
     env = {**os.environ, **object_store.env, "HOME": str(tmp_path)}
     for key, value in env_change.items():
         env.pop(key) if value is None else env.__setitem__(key, value)

@@ -15,7 +15,9 @@ import pytest
 from conftest import run_raycf
 from scipy import stats
 
-from raycf.compare import (
+from raycf.errors import RaycfError
+from raycf.eval.metrics import METRICS
+from raycf.report.compare import (
     ALL_ZERO_NOTE,
     COMPARE_JSON,
     COMPARE_MD,
@@ -24,9 +26,7 @@ from raycf.compare import (
     paired_statistics,
     run_compare,
 )
-from raycf.errors import RaycfError
-from raycf.metrics import METRICS
-from raycf.score import SUMMARY_JSON, USER_METRICS_DIR
+from raycf.score.job import SUMMARY_JSON, USER_METRICS_DIR
 
 SPLIT = "a" * 64
 USERS = np.array([11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
@@ -288,7 +288,7 @@ def test_no_scores_at_all_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 
 def test_outputs_on_an_object_store_behind_their_pointers(object_store, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from raycf.storage import Location, PendingOutput
+    from raycf.storage.location import Location, PendingOutput
 
     for name, value in object_store.env.items():
         monkeypatch.setenv(name, value)
@@ -310,10 +310,10 @@ def test_outputs_on_an_object_store_behind_their_pointers(object_store, tmp_path
 
 
 def test_two_real_scoring_outputs(ray_cluster, tmp_path: Path) -> None:
-    from raycf.config import TrainConfig
-    from raycf.data.source import DataSpec
-    from raycf.score import ScoreOptions, run_scoring
-    from raycf.train import run_training
+    from raycf.data.spec import DataSpec
+    from raycf.models.config import TrainConfig
+    from raycf.score.job import ScoreOptions, run_scoring
+    from raycf.train.trainer import run_training
 
     data = DataSpec(synthetic={"n_users": 200, "n_items": 80})
     summaries: list[dict[str, Any]] = []

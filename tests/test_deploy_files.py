@@ -12,7 +12,7 @@ import ray
 import yaml
 from ray.runtime_env import RuntimeEnv
 
-from raycf.cli import cli
+from raycf.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

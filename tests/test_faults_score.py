@@ -22,12 +22,12 @@ import ray
 from conftest import run_raycf
 from ray._private.state import actors
 
-from raycf.config import TrainConfig
-from raycf.data.source import DataSpec
-from raycf.data.split import load_split
+from raycf.data.source import load_split
+from raycf.data.spec import DataSpec
 from raycf.errors import RaycfError
-from raycf.score import ScoreOptions, prepare_scoring, run_scoring
-from raycf.train import run_training
+from raycf.models.config import TrainConfig
+from raycf.score.job import ScoreOptions, prepare_scoring, run_scoring
+from raycf.train.trainer import run_training
 
 USERS = 3000
 FULL_DISK = (
@@ -253,7 +253,7 @@ def test_killed_driver_leaves_the_previous_output_and_the_next_run_takes_over_it
 
 def test_checks_run_before_any_ray_call(scored_run, tmp_path) -> None:
     check = (
-        "import sys, ray; from raycf.score import ScoreOptions, prepare_scoring; "
+        "import sys, ray; from raycf.score.job import ScoreOptions, prepare_scoring; "
         "job = prepare_scoring(sys.argv[1], ScoreOptions(out=sys.argv[2])); "
         "assert not ray.is_initialized(); job.release()"
     )

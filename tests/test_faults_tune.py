@@ -18,20 +18,19 @@ from typing import Any
 
 import pandas as pd
 import torch
-from conftest import run_raycf
+from conftest import load_checkpoint, run_raycf
 
-from raycf.config import TrainConfig
-from raycf.data.split import load_split
-from raycf.models.checkpoint import load_checkpoint
-from raycf.storage import Location
-from raycf.train import Trainer
-from raycf.tune import (
-    BEST_FILE,
+from raycf.data.source import load_split
+from raycf.models.config import TrainConfig
+from raycf.runs.layout import BEST_FILE
+from raycf.runs.record import StudyRecord
+from raycf.storage.location import Location
+from raycf.train.trainer import Trainer
+from raycf.tune.driver import (
     ENDED_FILE,
     MODEL_FILE,
     SPLIT_DIR,
     STATE_FILE,
-    STUDY_FILE,
     TRIALS_FILE,
     restore_trial_checkpoint,
     trainable_for,
@@ -295,12 +294,12 @@ def test_trials_restored_after_their_end_do_not_train_again(ray_cluster, tiny_st
     for _, trial in trials[trials["stopped_by"] != "asha"].iterrows():  # these rely on their final checkpoint
         (run_dir / Path(trial["checkpoint"]).parent / ENDED_FILE).unlink()
     before = all_rows(run_dir)
-    facts = json.loads((run_dir / STUDY_FILE).read_text())
+    record = StudyRecord.read(Location.of(str(run_dir), ""))
     resume_all = ResumeConfig(finished=ResumeConfig.ResumeType.RESUME)
-    trainable = trainable_for(load_split(run_dir / SPLIT_DIR), facts)
+    trainable = trainable_for(load_split(run_dir / SPLIT_DIR), record)
     results = tune.Tuner.restore(str(run_dir), trainable=trainable, _resume_config=resume_all).fit()
     assert all_rows(run_dir) == before
-    again = write_results(Location.of(str(run_dir), ""), facts, results, 0.0)
+    again = write_results(Location.of(str(run_dir), ""), record, results, 0.0)
     assert len(again) == 2
     columns = ["trial_id", "epochs_run", "best_epoch", "valid_ndcg", "stopped_by", "checkpoint", "retries"]
     assert pd.read_parquet(run_dir / TRIALS_FILE)[columns].sort_values("trial_id").reset_index(drop=True).equals(

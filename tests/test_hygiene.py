@@ -13,10 +13,10 @@ import torch
 import yaml
 from conftest import run_raycf, write_code_pickle
 
-from raycf.config import TrainConfig
 from raycf.data.split import Split
-from raycf.train import Trainer
-from raycf.tune import STATE_FILE, restore_trial_checkpoint, write_trial_checkpoint
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import Trainer
+from raycf.tune.driver import STATE_FILE, restore_trial_checkpoint, write_trial_checkpoint
 
 
 def code_study(marker: Path) -> str:

@@ -104,9 +104,9 @@ def test_explicit_format_overrides_the_name(tmp_path):
     pd.testing.assert_frame_equal(read_interactions(path, fmt="ml-20m"), EXPECTED_TIMES)
 
 
-def test_csv_column_options_and_separator(tmp_path):
-    path = _write(tmp_path / "r.csv", _csv(";", header=("uid", "movieId", "score", "ts")))
-    frame = read_interactions(path, sep=";", user_col="uid", item_col="movieId", rating_col="score")
+def test_csv_column_options(tmp_path):
+    path = _write(tmp_path / "r.csv", _csv(",", header=("uid", "movieId", "score", "ts")))
+    frame = read_interactions(path, user_col="uid", item_col="movieId", rating_col="score")
     pd.testing.assert_frame_equal(frame, EXPECTED)
 
 
@@ -275,10 +275,6 @@ def test_one_user_or_one_item_is_refused(tmp_path, text, what):
     path = _write(tmp_path / "r.csv", text)
     message = _error(path)
     assert str(path) in message and what in message
-
-
-def test_sep_on_movielens_is_refused(tmp_path):
-    assert "--sep" in _error(MAKERS["ratings.dat"](tmp_path), sep=";")
 
 
 # --- timestamps ---------------------------------------------------------------------------------
@@ -471,7 +467,6 @@ def test_netflix_directory_errors(tmp_path):
     _error(directory, match="holds no rating records")
     directory = _netflix(tmp_path / "one_customer", {1: "6,3,2005-09-06\n", 2: "6,3,2005-09-06\n"})
     _error(directory, match="has only one distinct user")
-    _error(directory, match="^--sep applies to csv and tsv files only, not to netflix", sep=",")
     _error(directory, match="^--time-col applies to csv, tsv and parquet files only; netflix", time_col="date")
 
 

@@ -1,4 +1,4 @@
-"""Tests for raycf.metrics: hand-computed cases and a cross-check against a slow reference."""
+"""Tests for raycf.eval.metrics: hand-computed cases and a cross-check against a slow reference."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import evaluate_scores
 
-from raycf.metrics import (
+from raycf.eval.metrics import (
     ALL_METRICS,
     METRICS,
     REPORT_K,
     MetricAt,
     Selection,
-    evaluate,
     exact_mean,
     exact_sum,
     hits_at_k,
@@ -221,8 +221,9 @@ def test_user_metrics_unknown_name() -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("recall@20", MetricAt("recall", 20)), ("map", MetricAt("map", REPORT_K)), (" hit_rate@1 ", MetricAt("hit_rate", 1)),
-    ("ndcg@100", MetricAt("ndcg", 100)), ("precision@007", MetricAt("precision", 7)), ("mrr", MetricAt("mrr", REPORT_K)),
+    ("recall@20", MetricAt("recall", 20)), ("map", MetricAt("map", REPORT_K)),
+    (" hit_rate@1 ", MetricAt("hit_rate", 1)), ("ndcg@100", MetricAt("ndcg", 100)),
+    ("precision@007", MetricAt("precision", 7)), ("mrr", MetricAt("mrr", REPORT_K)),
 ])
 def test_metric_at_parse_and_label(text: str, expected: MetricAt) -> None:
     assert MetricAt.parse(text) == expected
@@ -339,7 +340,7 @@ def test_evaluate_matches_hand_values(batch_size: int) -> None:
         calls.append(users.tolist())
         return tiny_scores()[torch.from_numpy(users)]
 
-    out = evaluate(score_fn, KNOWN, HELDOUT, k=K, batch_size=batch_size)
+    out = evaluate_scores(score_fn, KNOWN, HELDOUT, k=K, batch_size=batch_size)
     for name in METRICS:
         np.testing.assert_allclose(out[name], EXPECTED[name], rtol=1e-12)
     assert out["n_heldout"].tolist() == [2, 1, 0, 1]
@@ -354,7 +355,7 @@ def test_evaluate_skips_batches_without_held_out_users() -> None:
     def score_fn(users: np.ndarray) -> torch.Tensor:
         raise AssertionError("score_fn must not be called")
 
-    out = evaluate(score_fn, KNOWN, csr([[], [], [], []], 6), k=K)
+    out = evaluate_scores(score_fn, KNOWN, csr([[], [], [], []], 6), k=K)
     assert np.isnan(out["ndcg"]).all() and mean_metrics(out)["users"] == 0
 
 
@@ -363,13 +364,13 @@ def test_evaluate_refuses_overlap_and_bad_shapes() -> None:
         return tiny_scores()[torch.from_numpy(users)]
 
     with pytest.raises(ValueError, match="overlap"):
-        evaluate(score_fn, KNOWN, csr([[1], [], [], []], 6), k=K)
+        evaluate_scores(score_fn, KNOWN, csr([[1], [], [], []], 6), k=K)
     with pytest.raises(ValueError):
-        evaluate(score_fn, KNOWN, csr([[1]], 6), k=K)
+        evaluate_scores(score_fn, KNOWN, csr([[1]], 6), k=K)
     with pytest.raises(ValueError):
-        evaluate(score_fn, KNOWN, HELDOUT, k=0)
+        evaluate_scores(score_fn, KNOWN, HELDOUT, k=0)
     with pytest.raises(ValueError):
-        evaluate(lambda users: torch.zeros(len(users), 5), KNOWN, HELDOUT, k=K)
+        evaluate_scores(lambda users: torch.zeros(len(users), 5), KNOWN, HELDOUT, k=K)
 
 
 def test_mask_protocol_changes_the_ranking() -> None:
@@ -381,14 +382,14 @@ def test_mask_protocol_changes_the_ranking() -> None:
 
     # "train": item 1 (a validation item) ranks first and is a miss.
     assert (
-        evaluate(score_fn, train, test, k=1)["precision"][
+        evaluate_scores(score_fn, train, test, k=1)["precision"][
             0
         ]
         == 0.0
     )
     # "train+valid": item 2 ranks first and is a hit.
     assert (
-        evaluate(score_fn, csr([[0, 1]], 4), test, k=1)[
+        evaluate_scores(score_fn, csr([[0, 1]], 4), test, k=1)[
             "precision"
         ][0]
         == 1.0
@@ -448,7 +449,7 @@ def test_random_cross_check_against_reference(seed: int, k: int) -> None:
         return torch.from_numpy(scores[users])
 
     results = [
-        evaluate(score_fn, known, heldout, k=k, batch_size=b) for b in (1, 7, 64)
+        evaluate_scores(score_fn, known, heldout, k=k, batch_size=b) for b in (1, 7, 64)
     ]
     for out in results:
         for name in METRICS:
@@ -509,7 +510,7 @@ def test_every_metric_at_every_k_from_one_ranking(seed: int) -> None:
     def score_fn(users: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(scores[users])
 
-    full = evaluate(score_fn, known, heldout, k=big_k, batch_size=16)
+    full = evaluate_scores(score_fn, known, heldout, k=big_k, batch_size=16)
     ranked_hits = full["ranked_hits"]
     assert ranked_hits.shape == (n_users, big_k) and ranked_hits.dtype == np.bool_
     assert not ranked_hits[~heldout_dense.any(axis=1)].any()
@@ -522,7 +523,7 @@ def test_every_metric_at_every_k_from_one_ranking(seed: int) -> None:
         for name in ALL_METRICS:
             np.testing.assert_allclose(got[f"{name}@{k}"], expected[name], rtol=1e-12, atol=0, err_msg=f"{name}@{k}")
         # The same as evaluating at k itself, bit for bit.
-        at_k = evaluate(score_fn, known, heldout, k=k, batch_size=7)
+        at_k = evaluate_scores(score_fn, known, heldout, k=k, batch_size=7)
         np.testing.assert_array_equal(at_k["ranked_hits"], ranked_hits[:, :k])
         for name in METRICS:
             np.testing.assert_array_equal(at_k[name], got[f"{name}@{k}"])

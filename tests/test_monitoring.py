@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from conftest import run_raycf
 
-from raycf.monitoring import SCHEDULER_STOPS, trial_ending
-from raycf.tune import TRIALS_FILE
+from raycf.tune.driver import TRIALS_FILE
+from raycf.tune.endings import SCHEDULER_STOPS, trial_ending
 
 MAX_T = 3
 FIFO_STUDY = f"""

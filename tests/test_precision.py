@@ -1,5 +1,5 @@
 """Mixed precision (matmul_dtype: bfloat16): the output layer's products in bfloat16, float32 everywhere else, and
-rankings that stay the float32 ones (raycf.ranking's two stages); the device-resident training rows."""
+rankings that stay the float32 ones (raycf.eval.ranking's two stages); the device-resident training rows."""
 
 from __future__ import annotations
 
@@ -12,21 +12,21 @@ from scipy.sparse import csr_matrix
 from torch import nn
 from torch.nn import functional as F
 
-from raycf.config import TrainConfig
 from raycf.data.split import Split
 from raycf.errors import RaycfError
-from raycf.evaluate import RankingTask
-from raycf.metrics import top_k
-from raycf.models import SparseBatch, SparseRows, build_model
-from raycf.models.base import output_product, unit_rows
-from raycf.ranking import (
+from raycf.eval.evaluation import RankingTask
+from raycf.eval.metrics import top_k
+from raycf.eval.ranking import (
     candidate_count,
     final_rounding,
     rank,
     rank_in_two_stages,
     rounding_error,
 )
-from raycf.train import Trainer
+from raycf.models import SparseBatch, SparseRows, build_model
+from raycf.models.base import output_product, unit_rows
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import Trainer
 
 
 def dense(batch: SparseBatch) -> torch.Tensor:
@@ -78,13 +78,15 @@ def test_sparse_rows_permuted_and_cut_equal_scipy_row_selection() -> None:
         # the transpose cut from the epoch's one sort is the batch's own: scipy's CSC of the same rows
         order, item_offsets, item_rows = batch.by_item
         positions = csr_matrix((np.arange(batch.indices.numel()), batch.indices.numpy(),
-                                np.append(batch.offsets.numpy(), batch.indices.numel())), shape=(stop - start, 12)).tocsc()
+                                np.append(batch.offsets.numpy(), batch.indices.numel())),
+                               shape=(stop - start, 12)).tocsc()
         assert order.tolist() == positions.data.tolist()
         assert item_offsets.tolist() == positions.indptr[:-1].tolist()
         assert item_rows.tolist() == positions.indices.tolist()
         assert batch.transposed is not None and rows.batch(start, stop).transposed is None
         # unit-norm values computed once for the matrix are bitwise the batch's own
-        assert batch.unit is not None and torch.equal(batch.unit_values, unit_rows(batch.values, batch.rows, batch.size))
+        assert batch.unit is not None and torch.equal(batch.unit_values,
+                                                      unit_rows(batch.values, batch.rows, batch.size))
         assert all(torch.equal(a, b) for a, b in zip(rows.batch(start, stop).by_item, batch.by_item))
 
 
@@ -148,7 +150,8 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(small_split:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"model": "multvae", "matmul_dtype": "float16"}, "matmul_dtype must be one of float32, bfloat16, got 'float16'"),
+        ({"model": "multvae", "matmul_dtype": "float16"},
+         "matmul_dtype must be one of float32, bfloat16, got 'float16'"),
         ({"model": "ease", "matmul_dtype": "bfloat16"}, "matmul_dtype is not a hyperparameter of ease"),
     ],
 )
@@ -211,7 +214,8 @@ def test_rounding_error_bounds_every_float32_score_from_its_coarse_score(
 
 
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
-def test_validation_ranks_from_the_shared_training_rows_as_from_its_inputs(small_split: Split, matmul_dtype: str) -> None:
+def test_validation_ranks_from_the_shared_training_rows_as_from_its_inputs(small_split: Split,
+                                                                          matmul_dtype: str) -> None:
     """A Trainer validates from its resident training rows (the validation inputs here, shared, not copied):
     spans of them are cut without copying and ranked whole; each user's top k is the one ranking its input row
     gives, for users in one span, in a span with gaps (within SPAN_SLACK) and scattered."""

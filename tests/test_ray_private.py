@@ -1,6 +1,6 @@
-"""The Ray internals raycf relies on (raycf/ray_private.py) still behave as it expects, on real Tune trials.
+"""The Ray internals raycf relies on (raycf/cluster/ray_private.py) still behave as it expects, on real Tune trials.
 
-Each failure says what Ray changed; fix raycf/ray_private.py (and only it), then add the Ray release to
+Each failure says what Ray changed; fix raycf/cluster/ray_private.py (and only it), then add the Ray release to
 `[tool.raycf] tested-ray` in pyproject.toml.
 """
 
@@ -22,9 +22,9 @@ import ray
 from ray import cloudpickle, tune
 from ray.tune.schedulers import FIFOScheduler
 
-from raycf import ray_private
-from raycf.storage import parse_results
-from raycf.tune import RETRIES_FILE, TrialLedger
+from raycf.cluster import ray_private
+from raycf.storage.location import parse_results
+from raycf.tune.driver import RETRIES_FILE, TrialLedger
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_LINE = "Checkpoint successfully created"
@@ -63,7 +63,7 @@ def probe(config: dict[str, Any]) -> None:
 
 
 class Recorder(FIFOScheduler):
-    """A scheduler that notes, as raycf.asha does, whether each trial added has its directory yet."""
+    """A scheduler that notes, as raycf.tune.asha does, whether each trial added has its directory yet."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,10 +113,10 @@ def test_result_file_is_the_one_tune_writes(probed) -> None:
     assert filesystem.get_file_info(path).type == pafs.FileType.File, (
         f"Tune no longer writes each trial's results to {ray_private.RESULT_FILE!r} in its directory "
         f"(found {sorted(p.name for p in Path(trial.path).iterdir())}): update ray_private.RESULT_FILE, which "
-        "raycf.asha reads to refill ASHA's rungs on resume")
+        "raycf.tune.asha reads to refill ASHA's rungs on resume")
     with filesystem.open_input_stream(path) as stream:
         epochs = [result.get("epoch") for result in parse_results(stream.readall().decode())]
-    assert epochs == [1, 2, 3], f"{path} no longer holds one JSON result a line (raycf.storage.parse_results)"
+    assert epochs == [1, 2, 3], f"{path} no longer holds one JSON result a line (raycf.storage.location.parse_results)"
 
 
 def test_result_file_name_is_rays_constant() -> None:
@@ -189,3 +189,22 @@ def test_tested_ray_versions_are_declared_and_documented() -> None:
     if ray.__version__ not in tested:
         warnings.warn(f"Ray {ray.__version__} is not among the tested releases {tested}: if this suite passes, "
                       "add it to [tool.raycf] tested-ray in pyproject.toml (and README)", stacklevel=1)
+
+
+def test_mlflow_logger_keeps_its_experiment_and_trial_runs_where_raycf_looks(tmp_path: Path) -> None:
+    """raycf's MLflow logger (raycf.integrations.tune_loggers) subclasses Ray's and shares its private state."""
+    from mlflow.tracking import MlflowClient
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLflowLoggerCallback(tracking_uri=uri, experiment_name="probe")
+    logger.setup()
+    try:
+        experiment_id = ray_private.mlflow_experiment_id(logger)
+    except AttributeError as error:
+        raise AssertionError(f"MLflowLoggerCallback no longer keeps `mlflow_util.experiment_id` ({error}): update "
+                             "ray_private.mlflow_experiment_id") from None
+    assert experiment_id == MlflowClient(tracking_uri=uri).get_experiment_by_name("probe").experiment_id
+    runs = ray_private.mlflow_trial_runs(logger) if hasattr(logger, "_trial_runs") else None
+    assert runs == {}, ("MLflowLoggerCallback no longer keeps its trials' runs in a dict `_trial_runs`: update "
+                        "ray_private.mlflow_trial_runs")

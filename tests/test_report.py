@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -11,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import TINY_STUDY, run_raycf
 
-from raycf.metrics import METRICS
-from raycf.report import (
+from raycf.eval.metrics import METRICS
+from raycf.report.run_report import (
     CURVES_PNG,
     HYPERPARAMETERS_PNG,
     REPORT_HTML,
@@ -123,3 +126,27 @@ def test_seed_repeats_are_reported_as_in_repeats_json(run_dir) -> None:
         assert means[label] == [f"{expected[name]['mean']:.4f} ± {expected[name]['std']:.4f}" for name in METRICS]
     paired = {row[0]: row[1] for row in rows if row[0] in ("P", "R", "NDCG", "MRR")}
     assert paired["NDCG"] == f"{summary['paired']['ndcg']['mean_difference']:.4f}"
+
+
+NO_RAY = """
+import sys
+{body}
+loaded = sorted(name for name in sys.modules if name == "ray" or name.startswith("ray."))
+assert not loaded, f"Ray was imported: {{loaded[:5]}}"
+"""
+"""A fresh interpreter runs `body`, then fails if any `ray` module was imported."""
+
+
+@pytest.mark.parametrize("body", [
+    "import raycf\nmodel = raycf.load(sys.argv[1])\n"
+    "assert len(model.recommend([list(model.item_ids[:3])], k=4).items[0]) == 4",
+    "from raycf.cli.main import main\ntry:\n    main(['report', sys.argv[1]])\nexcept SystemExit as end:\n"
+    "    assert end.code == 0, end.code",
+    "from raycf.cli.main import main\ntry:\n"
+    "    main(['compare', sys.argv[1] + '/scores', sys.argv[2], '--out', sys.argv[3]])\n"
+    "except SystemExit as end:\n    assert end.code == 0, end.code",
+], ids=["load-recommend", "report", "compare"])
+def test_the_python_api_report_and_compare_never_import_ray(run_dir: Path, tmp_path: Path, body: str) -> None:
+    shutil.copytree(run_dir / "scores", tmp_path / "copy")
+    subprocess.run([sys.executable, "-c", NO_RAY.format(body=body), str(run_dir), str(tmp_path / "copy"),
+                    str(tmp_path / "compared")], check=True, capture_output=True, text=True, timeout=300)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from raycf.config import TrainConfig
 from raycf.data.split import Split
-from raycf.train import Trainer
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_FUSED_ADAM = (2, 4)
@@ -33,7 +33,7 @@ def test_training_uses_fused_adam_on_the_cpu(small_split: Split) -> None:
 def test_the_torch_floor_has_fused_adam_on_the_cpu() -> None:
     assert floor("torch") >= CPU_FUSED_ADAM, (
         f"pyproject.toml allows torch {'.'.join(map(str, floor('torch')))}, whose Adam(fused=True) is CUDA only; "
-        f"raycf/train.py needs torch >= {'.'.join(map(str, CPU_FUSED_ADAM))}")
+        f"raycf/train/trainer.py needs torch >= {'.'.join(map(str, CPU_FUSED_ADAM))}")
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"any torch >= {'.'.join(map(str, floor('torch')))} works" in readme
     assert tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= CPU_FUSED_ADAM

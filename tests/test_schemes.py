@@ -6,14 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import evaluate_scores
 
-from raycf.config import TrainConfig
-from raycf.data.schemes import split_time, split_users
-from raycf.data.split import load_split, save_split
+from raycf.data.schemes.time import split_time
+from raycf.data.schemes.users import split_users
+from raycf.data.source import load_split
+from raycf.data.split import save_split
 from raycf.errors import DataError
-from raycf.evaluate import evaluate_model
-from raycf.metrics import evaluate
-from raycf.train import train
+from raycf.eval.evaluation import evaluate_model
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import train
 
 
 def pairs(split, part: str) -> set[tuple]:
@@ -132,6 +134,6 @@ def test_held_out_users_are_ranked_from_their_fold_in_items() -> None:
     split = split_users(frame_of(records), heldout_users=20, fold_in=0.5, seed=1)
     model = train(split, TrainConfig.for_model("ease", l2=10.0)).model
     weights = model.weights.numpy()
-    by_hand = evaluate(lambda users: split.valid_fold_in[users] @ weights, split.valid_fold_in, split.valid)
+    by_hand = evaluate_scores(lambda users: split.valid_fold_in[users] @ weights, split.valid_fold_in, split.valid)
     through = evaluate_model(model, split, "valid")
     assert np.array_equal(by_hand["hits"], through["hits"]) and int((by_hand["n_heldout"] > 0).sum()) == 20

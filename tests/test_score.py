@@ -10,18 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_STUDY, run_raycf
+from conftest import TINY_STUDY, load_checkpoint, run_raycf
 
-from raycf.config import TrainConfig
-from raycf.data.source import DataSpec
-from raycf.data.split import load_split
-from raycf.evaluate import evaluate_model, summarize
-from raycf.metrics import METRICS, mean_metrics, user_metrics
-from raycf.models.checkpoint import load_checkpoint
-from raycf.score import ScoreOptions, run_scoring
-from raycf.study import load_study
-from raycf.train import run_training
-from raycf.tune import TuneOptions, run_study
+from raycf.data.source import load_split
+from raycf.data.spec import DataSpec
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.eval.metrics import METRICS, mean_metrics, user_metrics
+from raycf.models.config import TrainConfig
+from raycf.score.job import ScoreOptions, run_scoring
+from raycf.study.schema import load_study
+from raycf.train.trainer import run_training
+from raycf.tune.driver import TuneOptions, run_study
 
 
 @pytest.fixture(scope="module")

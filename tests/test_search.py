@@ -14,11 +14,11 @@ import ray
 from conftest import TINY_STUDY, run_raycf
 from test_faults_tune import all_rows, ended, kill_driver, start_driver
 
-from raycf.config import TrainConfig
 from raycf.errors import RaycfError
-from raycf.search import PerModelOptuna, search_setup
-from raycf.study import load_study
-from raycf.tune import STUDY_FILE, TRIALS_FILE, study_facts
+from raycf.models.config import TrainConfig
+from raycf.study.schema import load_study
+from raycf.tune.driver import STUDY_FILE, TRIALS_FILE, study_record
+from raycf.tune.search import PerModelOptuna, search_setup
 
 SAMPLES = 2
 OPTUNA_STUDY = f"""
@@ -60,9 +60,9 @@ def test_the_optuna_study_reads_as_intended(tmp_path: Path) -> None:
     assert (study.searcher.type, study.searcher.n_startup_trials, study.num_samples) == ("optuna", 1, SAMPLES)
     assert {m.model: sorted(m.search) for m in study.models} == {"multvae": ["beta", "layers"],
                                                                  "autorec": ["hidden", "l2"]}
-    assert study_facts(study)["searcher"] == {"type": "optuna", "n_startup_trials": 1}
+    assert study_record(study).to_json()["searcher"] == {"type": "optuna", "n_startup_trials": 1}
     default = load_study(write(tmp_path, TINY_STUDY, "tiny.yaml"))
-    assert default.searcher.type == "random" and study_facts(default)["searcher"] == {"type": "random"}
+    assert default.searcher.type == "random" and study_record(default).to_json()["searcher"] == {"type": "random"}
     text = OPTUNA_STUDY.replace("searcher: {type: optuna, n_startup_trials: 1}", "searcher: {type: optuna}")
     assert load_study(write(tmp_path, text)).searcher.n_startup_trials == 5
 
@@ -80,11 +80,12 @@ def test_suggestions_take_turns_per_model_until_each_budget_is_used(tmp_path: Pa
     for index in range(6):
         config = TrainConfig.from_dict(searcher.suggest(f"t{index}")["trial"])
         models.append(config.model)
-        assert (config.max_epochs, config.seed, config.lr, config.patience) == (6, 0, 1e-2, 6)
+        assert (config.max_epochs, config.seed, config.params.lr, config.patience) == (6, 0, 1e-2, 6)
         if config.model == "multvae":
-            assert 0.1 <= config.beta <= 0.3 and config.layers in ((), (16,)) and config.hidden == 16
+            assert (0.1 <= config.params.beta <= 0.3 and config.params.layers in ((), (16,))
+                    and config.params.hidden == 16)
         else:
-            assert 1e-4 <= config.l2 <= 1e-2 and 8 <= config.hidden < 24
+            assert 1e-4 <= config.params.l2 <= 1e-2 and 8 <= config.params.hidden < 24
         searcher.on_trial_complete(f"t{index}", {"best_valid_ndcg": float(index)})
     assert models == ["multvae", "autorec"] * 3
     assert searcher.suggest("t6") == searcher.FINISHED and searcher.handed_out == {"multvae": 3, "autorec": 3}

@@ -14,16 +14,17 @@ import pandas as pd
 import pytest
 from conftest import TINY_STUDY, run_raycf
 
-from raycf.config import TrainConfig
-from raycf.data.split import split_interactions
+from raycf.data.schemes.records import split_interactions
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import RaycfError
-from raycf.metrics import Selection
-from raycf.selection import SELECT_FILE
-from raycf.storage import parse_results
-from raycf.study import load_study
-from raycf.train import train
-from raycf.tune import BEST_FILE, LEADERBOARD_FILE, TRIALS_FILE
+from raycf.eval.metrics import Selection
+from raycf.models.config import TrainConfig
+from raycf.runs.layout import BEST_FILE
+from raycf.storage.location import parse_results
+from raycf.study.schema import load_study
+from raycf.train.trainer import train
+from raycf.tune.driver import LEADERBOARD_FILE, TRIALS_FILE
+from raycf.tune.selection import SELECT_FILE
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -13,17 +13,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from raycf.data.schemes.records import split_interactions
+from raycf.data.source import load_split
 from raycf.data.split import (
+    MASK_PROTOCOLS,
     PARTS,
     Split,
     content_sha256,
-    load_split,
     save_split,
-    split_interactions,
 )
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import DataError
-from raycf.layout import MASK_PROTOCOLS
 
 FILES = ("train.parquet", "valid.parquet", "test.parquet", "manifest.json")
 

@@ -6,14 +6,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_raycf
+from conftest import load_checkpoint, run_raycf
 
-from raycf.config import TrainConfig
-from raycf.data.split import Split, load_split
+from raycf.data.source import load_split
+from raycf.data.split import Split
 from raycf.errors import CheckpointError
-from raycf.models.checkpoint import check_same_split, load_checkpoint
-from raycf.train import Trainer
-from raycf.tune import MODEL_FILE, write_trial_checkpoint
+from raycf.models.checkpoint import check_same_split
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import Trainer
+from raycf.tune.driver import MODEL_FILE, write_trial_checkpoint
 
 FAST = ["--hidden", "8", "--max-epochs", "2", "--quiet"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raycf.errors import RaycfError
-from raycf.storage import POINTER_FILE, Location, PendingOutput
+from raycf.storage.location import POINTER_FILE, Location, PendingOutput
 
 
 def write(output: PendingOutput, name: str, text: str) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from ray.tune.search.variant_generator import generate_variants
 
-from raycf.config import MODEL_NAMES, TrainConfig
 from raycf.errors import RaycfError
-from raycf.study import Dimension, Study, apply_overrides, load_study
+from raycf.models.config import TrainConfig
+from raycf.study.schema import Dimension, Study, apply_overrides, load_study
+from raycf.tune.space import study_space
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -32,7 +33,7 @@ models:
 
 def trials(study: Study) -> list[TrainConfig]:
     """Every variant of the study's param space (one sample each), as TrainConfigs."""
-    return [TrainConfig.from_dict(variant["trial"]) for _, variant in generate_variants(study.param_space())]
+    return [TrainConfig.from_dict(variant["trial"]) for _, variant in generate_variants(study_space(study))]
 
 
 def test_quickstart_loads_and_expands_to_ten_trials() -> None:
@@ -44,9 +45,9 @@ def test_quickstart_loads_and_expands_to_ten_trials() -> None:
     assert sorted(c.model for c in configs) == ["autorec"] * 4 + ["ease", "multvae", "multvae", "multvae",
                                                                    "multvae", "pop"]
     assert all(c.max_epochs == 30 and c.seed == 0 for c in configs)
-    assert all(c.hidden == 32 for c in configs if c.model in ("multvae", "autorec"))
-    assert [c.l2 for c in configs if c.model == "ease"] == [200.0]
-    assert {c.dropout for c in configs if c.model == "multvae"} <= {0.3, 0.5}
+    assert all(c.params.hidden == 32 for c in configs if c.model in ("multvae", "autorec"))
+    assert [c.params.l2 for c in configs if c.model == "ease"] == [200.0]
+    assert {c.params.dropout for c in configs if c.model == "multvae"} <= {0.3, 0.5}
 
 
 @pytest.mark.parametrize(("name", "heldout", "models"), [
@@ -65,7 +66,7 @@ def test_strong_generalization_studies_load(name: str, heldout: int, models: dic
     configs = trials(study)
     assert {model: sum(c.model == model for c in configs) for model in models} == models
     vae = next(c for c in configs if c.model == "multvae")
-    assert (vae.layers, vae.hidden, vae.dropout, vae.batch_size) == ((600,), 200, 0.5, 500)
+    assert (vae.params.layers, vae.params.hidden, vae.params.dropout, vae.params.batch_size) == ((600,), 200, 0.5, 500)
 
 
 def test_ml1m_baselines_study_searches_every_model_on_the_write_ups_protocol() -> None:
@@ -74,25 +75,28 @@ def test_ml1m_baselines_study_searches_every_model_on_the_write_ups_protocol() -
         "ml-1m", "records", (0.6, 0.2, 0.2), "ndcg@5")
     assert study.repeat_seeds == (0, 1, 2)
     configs = trials(study)
-    counts = {model: sum(c.model == model for c in configs) for model in MODEL_NAMES}
+    counts = {model: sum(c.model == model for c in configs) for model in {c.model for c in configs}}
     assert counts == {"multvae": 1, "autorec": 4, "pop": 1, "ease": 6, "itemknn": 12, "ials": 12}
-    assert all(c.iterations == 30 and c.patience == 5 for c in configs if c.model == "ials")
+    assert all(c.params.iterations == 30 and c.patience == 5 for c in configs if c.model == "ials")
 
 
 def test_ml1m_reference_loads_and_expands() -> None:
     study = load_study(STUDIES / "ml1m-reference.yaml")
     assert (study.data.dataset, study.data.ratings, study.fractions) == ("ml-1m", None, (0.6, 0.2, 0.2))
-    assert (study.metric, study.mode, study.seed, study.max_concurrent, study.max_failures) == ("ndcg@5", "max", 0, 2, 2)
+    assert (study.metric, study.mode, study.seed, study.max_concurrent, study.max_failures) == (
+        "ndcg@5", "max", 0, 2, 2
+    )
     assert study.scheduler.max_t == 300 and study.scheduler.grace_period == 20
     configs = trials(study)
     vae = [c for c in configs if c.model == "multvae"]
     autorec = [c for c in configs if c.model == "autorec"]
-    assert sorted(c.anneal_steps for c in vae) == [0, 20000]
-    assert all(c.beta in (0.1, 0.2, 0.3) and c.dropout in (0.5, 0.6) and c.lr in (1e-3, 2e-3) for c in vae)
-    assert sorted((c.l2, c.normalize) for c in autorec) == [
+    assert sorted(c.params.anneal_steps for c in vae) == [0, 20000]
+    assert all(c.params.beta in (0.1, 0.2, 0.3) and c.params.dropout in (0.5, 0.6) and c.params.lr in (1e-3, 2e-3)
+               for c in vae)
+    assert sorted((c.params.l2, c.params.normalize) for c in autorec) == [
         (lam, norm) for lam in (1e-4, 1e-3, 1e-2, 1e-1) for norm in ("l2", "none")
     ]
-    assert all(c.hidden == 200 and c.patience == 50 and c.max_epochs == 300 for c in configs)
+    assert all(c.params.hidden == 200 and c.patience == 50 and c.max_epochs == 300 for c in configs)
 
 
 def test_defaults_search_kinds_and_relative_ratings(tmp_path: Path) -> None:
@@ -121,8 +125,8 @@ models:
     assert vae.search["hidden"] == Dimension("randint", (8, 16))
     assert vae.search["beta"] == Dimension("uniform", (0.0, 1.0))
     for config in (c for c in trials(study) if c.model == "multvae"):
-        assert 8 <= config.hidden < 16 and 1e-4 <= config.lr <= 1e-2
-    assert dataclasses.replace(study, seed=3, num_samples=4).param_space()["trial"]
+        assert 8 <= config.params.hidden < 16 and 1e-4 <= config.params.lr <= 1e-2
+    assert study_space(dataclasses.replace(study, seed=3, num_samples=4))["trial"]
 
 
 def test_grace_period_defaults_to_at_most_max_t(tmp_path: Path) -> None:
@@ -142,8 +146,10 @@ BAD = [
     ("unknown-model-key", edit("    fixed:", "    fixd:"), "models.multvae.fixd: unknown key"),
     ("unknown-field", edit("hidden: 8", "hiden: 8"), "models.multvae.fixed.hiden: unknown TrainConfig field"),
     ("wrong-type", GOOD + "num_samples: two\n", "num_samples: must be an integer >= 1, got 'two'"),
-    ("bool-not-number", GOOD + "resources: {cpus_per_trial: true}\n", "resources.cpus_per_trial: must be a finite number"),
-    ("search-wrong-type", edit("dropout: {uniform: [0.3, 0.6]}", "hidden: {choice: [1.5]}").replace("hidden: 8", "lr: 0.01"),
+    ("bool-not-number", GOOD + "resources: {cpus_per_trial: true}\n",
+     "resources.cpus_per_trial: must be a finite number"),
+    ("search-wrong-type",
+     edit("dropout: {uniform: [0.3, 0.6]}", "hidden: {choice: [1.5]}").replace("hidden: 8", "lr: 0.01"),
      "models.multvae.search.hidden.choice[0]: field 'hidden' must be int, got 1.5"),
     ("choice-wrong-type", edit("dropout: {uniform: [0.3, 0.6]}", "batch_size: {choice: [1.5]}"),
      "models.multvae.search.batch_size.choice[0]: field 'batch_size' must be int, got 1.5"),
@@ -184,23 +190,29 @@ BAD = [
      "models.multvae.fixed.max_epochs: not allowed here: set scheduler.max_t instead"),
     ("seed-searched", edit("dropout: {uniform: [0.3, 0.6]}", "seed: {grid: [1, 2]}"),
      "models.multvae.search.seed: not allowed here: the study's seed is used"),
-    ("fixed-invalid", edit("hidden: 8", "dropout: 1.5"), "models.multvae.fixed.dropout: dropout must be in [0, 1), got 1.5"),
+    ("fixed-invalid", edit("hidden: 8", "dropout: 1.5"),
+     "models.multvae.fixed.dropout: dropout must be in [0, 1), got 1.5"),
     ("fixed-zero", edit("hidden: 8", "hidden: 0"), "models.multvae.fixed.hidden: hidden must be >= 1, got 0"),
     ("dataset-and-ratings", edit("  dataset: synthetic\n", "  dataset: synthetic\n  ratings: r.csv\n"),
      "data: give exactly one of dataset (ml-1m, ml-100k, synthetic) or ratings"),
     ("neither-dataset-nor-ratings", edit("  dataset: synthetic\n", ""), "data: give exactly one of dataset"),
     ("unknown-dataset", edit("dataset: synthetic", "dataset: ml-25m"),
      "data.dataset: must be one of ml-1m, ml-100k, ml-10m, ml-20m, synthetic"),
-    ("missing-ratings", edit("  dataset: synthetic\n  synthetic: {n_users: 50, n_items: 30}\n", "  ratings: nowhere.csv\n"),
+    ("missing-ratings",
+     edit("  dataset: synthetic\n  synthetic: {n_users: 50, n_items: 30}\n", "  ratings: nowhere.csv\n"),
      "data.ratings: missing data: "),
-    ("synthetic-with-dataset", edit("dataset: synthetic", "dataset: ml-1m"), "data.synthetic: applies to dataset: synthetic only"),
-    ("synthetic-unknown-arg", edit("n_items: 30", "n_itms: 30"), "data.synthetic.n_itms: unknown key; allowed in data.synthetic: n_users, n_items"),
-    ("synthetic-wrong-type", edit("n_items: 30", "n_items: 30.5"), "data.synthetic.n_items: must be an integer >= 0, got 30.5"),
+    ("synthetic-with-dataset", edit("dataset: synthetic", "dataset: ml-1m"),
+     "data.synthetic: applies to dataset: synthetic only"),
+    ("synthetic-unknown-arg", edit("n_items: 30", "n_itms: 30"),
+     "data.synthetic.n_itms: unknown key; allowed in data.synthetic: n_users, n_items"),
+    ("synthetic-wrong-type", edit("n_items: 30", "n_items: 30.5"),
+     "data.synthetic.n_items: must be an integer >= 0, got 30.5"),
     ("format-with-dataset", edit("  dataset: synthetic\n", "  dataset: synthetic\n  format: csv\n"),
      "data.format: applies to a ratings file only"),
     ("bad-split", edit("  dataset: synthetic\n", "  dataset: synthetic\n  split: [0.5, 0.2, 0.2]\n"),
      "data.split: must be three numbers > 0 that sum to 1"),
-    ("bad-metric", GOOD + "metric: auc\n", "metric: unknown metric 'auc'; use name@k with name one of precision, recall, ndcg, mrr"),
+    ("bad-metric", GOOD + "metric: auc\n",
+     "metric: unknown metric 'auc'; use name@k with name one of precision, recall, ndcg, mrr"),
     ("missing-name", edit("name: t\n", ""), "name: missing; it is required"),
     ("max-concurrent-zero", GOOD + "max_concurrent: 0\n", "max_concurrent: must be >= 1, got 0"),
     ("max-failures-negative", GOOD + "max_failures: -1\n", "max_failures: must be >= 0, got -1"),
@@ -232,7 +244,8 @@ def test_missing_ratings_names_the_path_and_the_way_out(tmp_path: Path) -> None:
 
 def test_missing_study_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.yaml"
-    assert str(pytest.raises(RaycfError, load_study, path).value).startswith(f"{path}: no such study file; check the path")
+    assert str(pytest.raises(RaycfError, load_study, path).value).startswith(
+        f"{path}: no such study file; check the path")
 
 
 def test_good_base_loads(tmp_path: Path) -> None:
@@ -244,7 +257,8 @@ def test_good_base_loads(tmp_path: Path) -> None:
 
 
 def test_loading_a_study_does_not_import_ray() -> None:
-    code = "import sys; from raycf.study import load_study; load_study(sys.argv[1]); assert 'ray' not in sys.modules"
+    code = ("import sys; from raycf.study.schema import load_study; load_study(sys.argv[1]); "
+            "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(STUDIES / "quickstart.yaml")], check=True)
 
 
@@ -309,14 +323,15 @@ def test_study_with_the_new_fields_validates_and_expands(tmp_path: Path) -> None
     assert multvae.fixed == {"hidden": 8, "weight_decay": 1e-5}
     assert multvae.search == {"layers": Dimension("choice", ("", "600", "600,300"))}  # Tune's flat form
     configs = [TrainConfig.from_dict(variant["trial"]) for seed in range(20)
-               for _, variant in generate_variants(study.param_space(), random_state=seed)]
-    assert {c.layers for c in configs if c.model == "multvae"} == {(), (600,), (600, 300)}
-    assert {c.weight_decay for c in configs if c.model == "multvae"} == {1e-5}
-    assert {c.hidden_activation for c in configs if c.model == "autorec"} == {"sigmoid", "relu", "elu", "selu",
+               for _, variant in generate_variants(study_space(study), random_state=seed)]
+    assert {c.params.layers for c in configs if c.model == "multvae"} == {(), (600,), (600, 300)}
+    assert {c.params.weight_decay for c in configs if c.model == "multvae"} == {1e-5}
+    assert {c.params.hidden_activation for c in configs if c.model == "autorec"} == {"sigmoid", "relu", "elu", "selu",
                                                                                 "identity"}
-    assert {(c.output_activation, c.dropout) for c in configs if c.model == "autorec"} == {("identity", 0.2)}
+    assert {(c.params.output_activation, c.params.dropout)
+            for c in configs if c.model == "autorec"} == {("identity", 0.2)}
     # every value Tune sees is a scalar (trials.parquet's hp_ columns stay comparable)
-    for _, variant in generate_variants(study.param_space()):
+    for _, variant in generate_variants(study_space(study)):
         assert all(isinstance(value, (str, int, float)) for value in variant["trial"].values())
 
 
@@ -326,13 +341,14 @@ def test_fixed_layers_and_a_grid_of_lists(tmp_path: Path) -> None:
         "dropout: {uniform: [0.3, 0.6]}", "lr: {grid: [1.0e-3, 3.0e-3]}"))
     study = load_study(path)
     assert study.models[0].fixed == {"hidden": 8, "layers": "20"}
-    assert [(c.layers, c.lr) for c in trials(study)] == [((20,), 1e-3), ((20,), 3e-3)]
+    assert [(c.params.layers, c.params.lr) for c in trials(study)] == [((20,), 1e-3), ((20,), 3e-3)]
     path.write_text(GOOD.replace("dropout: {uniform: [0.3, 0.6]}", "layers: {grid: [[], [16, 16]]}"))
-    assert [c.layers for c in trials(load_study(path))] == [(), (16, 16)]
+    assert [c.params.layers for c in trials(load_study(path))] == [(), (16, 16)]
 
 
 WIDE_BAD = [
-    ("unknown-name", edit("hidden: 8", "latent: 8"), "models.multvae.fixed.latent: unknown TrainConfig field; allowed: hidden, layers"),
+    ("unknown-name", edit("hidden: 8", "latent: 8"),
+     "models.multvae.fixed.latent: unknown TrainConfig field; allowed: hidden, layers"),
     ("layers-negative", edit("hidden: 8", "layers: [600, -1]"),
      "models.multvae.fixed.layers: layers must be a list of ints >= 1, e.g. [600] or [], got [600, -1]"),
     ("layers-not-list", edit("hidden: 8", "layers: 600"),
@@ -366,7 +382,7 @@ def test_bad_new_fields_are_refused_naming_the_key(tmp_path: Path, stem: str, te
 
 def test_a_trial_whose_config_cannot_be_built_fails_in_the_trial(small_split) -> None:
     """run_trial builds its TrainConfig first: a bad config is that trial's error (Tune records it), nothing more."""
-    from raycf.tune import run_trial
+    from raycf.tune.driver import run_trial
 
     bad = {**TrainConfig.for_model("multvae").to_dict(flat=True), "layers": "600,-5"}
     with pytest.raises(RaycfError, match=r"trial: layers must be a list of ints >= 1, e\.g\. \[600\] or \[\], got "

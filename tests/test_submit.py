@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import raycf
+from raycf.cluster.submit import job_arguments, require_cluster_path, runtime_env
 from raycf.errors import RaycfError
-from raycf.submit import job_arguments, require_cluster_path, runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

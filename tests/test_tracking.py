@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -24,9 +25,7 @@ from conftest import TINY_STUDY, free_ports, run_raycf, wait_for_port
 from mlflow.tracking import MlflowClient
 
 from raycf.errors import RaycfError
-from raycf.storage import parse_results
-from raycf.study import TrackingSpec, apply_overrides, load_study
-from raycf.tracking import (
+from raycf.integrations.mlflow_runs import (
     PARENT_TAG,
     TAG_ROLE,
     TAG_RUN,
@@ -35,9 +34,12 @@ from raycf.tracking import (
     log_artifacts,
     mlflow_name,
     probe,
-    tracking_callbacks,
 )
-from raycf.tune import BEST_FILE, LEADERBOARD_FILE, STUDY_FILE, TRIALS_FILE, study_facts
+from raycf.integrations.tune_loggers import tracking_callbacks
+from raycf.runs.layout import BEST_FILE
+from raycf.storage.location import Location, parse_results
+from raycf.study.schema import TrackingSpec, apply_overrides, load_study
+from raycf.tune.driver import LEADERBOARD_FILE, STUDY_FILE, TRIALS_FILE, study_record
 
 REPORTED = ("valid_precision", "valid_recall", "valid_ndcg", "valid_mrr", "valid_recall@20")
 """The validation metrics every trial of the tracked study reports each epoch."""
@@ -159,7 +161,7 @@ def test_report_and_scoring_summary_are_logged_on_the_parent_run(tracked: Tracke
     scores = tmp_path / "scores"
     scores.mkdir()
     (scores / "summary.json").write_text('{"ndcg": 0.3}\n')
-    from raycf.storage import Location
+    from raycf.storage.location import Location
 
     assert log_artifacts(tracked.run_dir.as_posix(), ["summary.json"], source=Location.of(str(scores), ""),
                          artifact_path="scores") == parent.info.run_id
@@ -194,9 +196,9 @@ def test_tensorboard_true_adds_tunes_tbx_logger_callback(tmp_path: Path) -> None
 
     (tmp_path / "s.yaml").write_text(TINY_STUDY + "tracking: {tensorboard: true}\n")
     study = load_study(tmp_path / "s.yaml")
-    callbacks = tracking_callbacks(study.tracking, study_facts(study), str(tmp_path), "run")
+    callbacks = tracking_callbacks(study.tracking, study_record(study), str(tmp_path), "run")
     assert [type(callback) for callback in callbacks] == [TBXLoggerCallback]
-    assert tracking_callbacks(TrackingSpec(), study_facts(study), str(tmp_path), "run") == []
+    assert tracking_callbacks(TrackingSpec(), study_record(study), str(tmp_path), "run") == []
 
 
 def closed_port() -> int:
@@ -256,13 +258,13 @@ def test_tracking_settings_paths_and_the_command_line(tmp_path: Path, monkeypatc
     (tmp_path / "s.yaml").write_text(f"{TINY_STUDY}tracking: {{mlflow: mlruns}}\n")
     study = load_study(tmp_path / "s.yaml")
     assert study.tracking.mlflow == str(tmp_path / "mlruns")  # relative to the study file, as data.ratings
-    assert study_facts(study)["tracking"] == {"mlflow": str(tmp_path / "mlruns"), "tensorboard": False}
+    assert study_record(study).to_json()["tracking"] == {"mlflow": str(tmp_path / "mlruns"), "tensorboard": False}
     monkeypatch.chdir(tmp_path / "..")
     assert apply_overrides(study, mlflow="http://h:5000").tracking == TrackingSpec("http://h:5000")
     assert apply_overrides(study, mlflow="here").tracking.mlflow == str(tmp_path.parent / "here")
     assert apply_overrides(study, mlflow="here").tracking.mlflow_from == "--mlflow"
     (tmp_path / "plain.yaml").write_text(TINY_STUDY)
-    assert study_facts(load_study(tmp_path / "plain.yaml"))["tracking"] is None
+    assert study_record(load_study(tmp_path / "plain.yaml")).to_json()["tracking"] is None
     with pytest.raises(RaycfError, match="^--mlflow: must be an MLflow tracking URI"):
         apply_overrides(study, mlflow="two words")
     (tmp_path / "db.yaml").write_text(f"{TINY_STUDY}tracking: {{mlflow: 'sqlite:///db/mlflow.db'}}\n")
@@ -307,12 +309,14 @@ def test_a_server_failing_mid_study_costs_one_warning_not_the_study(monkeypatch:
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import ray.cloudpickle
 
-    import raycf.tracking
+    import raycf.integrations.tune_loggers
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries take minutes
     uri = f"http://127.0.0.1:{closed_port()}"
-    logger = raycf.tracking.StudyMLflowLogger(tracking_uri=uri, experiment_name="x", tags={PARENT_TAG: "p"})
-    assert type(ray.cloudpickle.loads(ray.cloudpickle.dumps(logger))) is raycf.tracking.StudyMLflowLogger
+    logger = raycf.integrations.tune_loggers.StudyMLflowLogger(tracking_uri=uri, experiment_name="x",
+                                                               tags={PARENT_TAG: "p"})
+    assert (type(ray.cloudpickle.loads(ray.cloudpickle.dumps(logger)))
+            is raycf.integrations.tune_loggers.StudyMLflowLogger)
     logger.mlflow_util.experiment_id, logger._trial_runs = "0", {}  # as its setup leaves them
     for trial in (FakeTrial("a"), FakeTrial("b")):
         logger.log_trial_start(trial)
@@ -328,13 +332,15 @@ def test_logging_to_a_run_without_tracking_or_an_unreachable_server(tmp_path: Pa
     """log_artifacts never fails the command that calls it: a run without tracking is left alone, and a
     server that does not answer is one warning line."""
     (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / STUDY_FILE).write_text(json.dumps({"name": "x", "tracking": None}))
+    plain = Location.of(str(tmp_path / "plain"), "")
+    record = study_record(load_study(Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"))
+    record.write(plain)
     (tmp_path / "plain" / "report.html").write_text("<html></html>")
     assert log_artifacts(str(tmp_path / "plain"), ["report.html"]) is None
     assert log_artifacts(str(tmp_path / "nowhere"), ["report.html"]) is None
     assert capsys.readouterr().err == ""
     uri = f"http://127.0.0.1:{closed_port()}"
-    (tmp_path / "plain" / STUDY_FILE).write_text(json.dumps({"name": "x", "tracking": {"mlflow": uri}}))
+    dataclasses.replace(record, tracking={"mlflow": uri, "tensorboard": False}).write(plain)
     assert log_artifacts(str(tmp_path / "plain"), ["report.html"]) is None
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"raycf: warning: report.html not logged to MLflow: {uri}")

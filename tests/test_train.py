@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import evaluate_scores
 
-from raycf.config import TrainConfig
 from raycf.data.split import Split
-from raycf.evaluate import evaluate_model, summarize
-from raycf.metrics import evaluate
-from raycf.train import Trainer, train
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.models.config import TrainConfig
+from raycf.train.trainer import Trainer, train
 
 
 def popularity_ndcg(split: Split) -> float:
     """Validation NDCG@5 of ranking every user's unseen items by train popularity."""
     popularity = torch.from_numpy(np.asarray(split.train.sum(axis=0)).ravel().astype(np.float32))
-    per_user = evaluate(lambda users: popularity.repeat(len(users), 1), split.train, split.valid, k=5)
+    per_user = evaluate_scores(lambda users: popularity.repeat(len(users), 1), split.train, split.valid, k=5)
     return summarize(per_user)["ndcg"]
 
 
@@ -82,7 +82,7 @@ def test_validation_ranks_wide_rows_as_a_full_sort() -> None:
     descending, ties to the lower index, known items never, -1 once a row runs out of candidates."""
     import scipy.sparse as sp
 
-    from raycf.metrics import top_k
+    from raycf.eval.metrics import top_k
 
     rng = np.random.default_rng(0)
     n_items, k = 9001, 7

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_raycf
+from conftest import load_checkpoint, run_raycf
 
-from raycf.config import TrainConfig
-from raycf.data.split import load_split, split_interactions
+from raycf.data.schemes.records import split_interactions
+from raycf.data.source import load_split
 from raycf.data.synthetic import generate_synthetic
-from raycf.evaluate import evaluate_model, summarize
-from raycf.models.checkpoint import load_checkpoint
-from raycf.repeats import REPEATS_FILE, REPEATS_SUMMARY
-from raycf.train import train
-from raycf.tune import BEST_FILE, LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
+from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.models.config import TrainConfig
+from raycf.runs.layout import BEST_FILE
+from raycf.train.trainer import train
+from raycf.tune.driver import LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
+from raycf.tune.repeats import REPEATS_FILE, REPEATS_SUMMARY
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import pandas as pd
 
@@ -125,7 +125,7 @@ def _info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def _download(url: str, handle: BinaryIO, timeout: float, way_out: str) -> str:
+def _download(url: str, handle: IO[bytes], timeout: float, way_out: str) -> str:
     """Stream `url` into `handle`; return the md5 of what was written."""
     digest = hashlib.md5()
     try:

@@ -54,9 +54,10 @@ def filter_interactions(
     steps: list[dict[str, Any]] = []
     iterations = 0
     for name, codes in (("min_item_users", items), ("min_user_items", users)):
-        if settings[name] is not None:
-            keep = keep & _enough(codes, keep, settings[name])
-            steps.append(_step(name, settings[name], users, items, keep, before))
+        minimum = settings[name]
+        if minimum is not None:
+            keep = keep & _enough(codes, keep, minimum)
+            steps.append(_step(name, minimum, users, items, keep, before))
     if k_core is not None:
         while True:
             passing = keep & _enough(users, keep, k_core) & _enough(items, keep, k_core)

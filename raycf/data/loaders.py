@@ -82,7 +82,6 @@ def read_interactions(
     path: str | Path,
     *,
     fmt: str = "auto",
-    sep: str | None = None,
     user_col: str = "user_id",
     item_col: str = "item_id",
     rating_col: str | None = None,
@@ -106,8 +105,6 @@ def read_interactions(
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r} for {path}; {_FORMAT_HINT} (or auto)")
-    if sep is not None and fmt not in ("csv", "tsv"):
-        raise DataError(f"--sep applies to csv and tsv files only, not to {fmt} ({path}); drop --sep")
     if time_col is not None and fmt not in ("csv", "tsv", "parquet"):
         raise DataError(
             f"--time-col applies to csv, tsv and parquet files only; {fmt} ({path}) always keeps its"
@@ -120,7 +117,7 @@ def read_interactions(
     elif fmt == "parquet":
         frame = _read_parquet(path, user_col, item_col, rating_col, time_col)
     else:
-        frame = _read_delimited(path, _delimiter(fmt, sep, path), user_col, item_col, rating_col, time_col)
+        frame = _read_delimited(path, "," if fmt == "csv" else "\t", user_col, item_col, rating_col, time_col)
     return _finish(frame, path, min_rating)
 
 
@@ -691,15 +688,6 @@ def _any_bad_rating(ratings: pa.ChunkedArray) -> bool:
 def _first_true(mask: pa.ChunkedArray) -> int | None:
     index = pc.index(mask, True).as_py()
     return None if index < 0 else index
-
-
-def _delimiter(fmt: str, sep: str | None, path: Path) -> str:
-    if sep is None:
-        return "," if fmt == "csv" else "\t"
-    sep = "\t" if sep == "\\t" else sep
-    if len(sep) != 1:
-        raise DataError(f"--sep must be one character, got {sep!r} for {path}; pass e.g. --sep ';'")
-    return sep
 
 
 def _zip_names(path: Path) -> list[str]:

@@ -4,7 +4,7 @@ the filters applied to them, and how they are split (scheme)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,45 +13,11 @@ import pandas as pd
 from raycf.data.datasets import DATASETS, load_dataset
 from raycf.data.filters import filter_interactions
 from raycf.data.loaders import read_interactions, sha256_of
-from raycf.data.schemes import parse_time, split_time, split_users
-from raycf.data.split import Split, split_interactions
+from raycf.data.schemes import scheme_class
+from raycf.data.spec import SYNTHETIC, DataSpec
+from raycf.data.split import Split, read_split
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import DataError
-
-SYNTHETIC = "synthetic"
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A named dataset (`ml-1m`, `ml-100k`, `synthetic`) or a ratings file with its reading options."""
-
-    dataset: str | None = SYNTHETIC
-    ratings: str | None = None
-    format: str = "auto"
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    rating_col: str | None = None
-    min_rating: float | None = None
-    synthetic: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of `generate_synthetic` (sizes, seed)."""
-    time_col: str | None = None
-    """Ratings files only: the column of each record's time (MovieLens files always have theirs)."""
-    min_user_items: int | None = None
-    min_item_users: int | None = None
-    k_core: int | None = None
-    """Filters applied before the split (raycf.data.filters), recorded in the split's manifest."""
-    scheme: str = "records"
-    """records: a random split of the records; users: whole users held out, with fold-in; time: a global cut."""
-    heldout_users: float | None = None
-    """users: validation users and as many test users (a count, or a fraction of the users)."""
-    fold_in: float = 0.8
-    """users: the share of each held-out user's items given to the model as input."""
-    time_cuts: tuple[str, str] | None = None
-    """time: the two cut dates (ISO) or epoch seconds; None: cut at the split fractions of the records in time
-    order."""
-
-    def describe(self) -> str:
-        return self.ratings if self.ratings is not None else str(self.dataset)
 
 
 def load_source(spec: DataSpec) -> tuple[pd.DataFrame, str]:
@@ -92,15 +58,9 @@ class FilteredSource:
 
     def split(self, fractions: tuple[float, float, float], seed: int) -> Split:
         """Split by the spec's scheme with `seed` (`fractions`: records and time)."""
-        spec = self.spec
-        where = {"source": spec.describe(), "source_sha256": self.digest,
-                 "extra": {"filters": self.filters} if self.filters else {}}
-        if spec.scheme == "users":
-            return split_users(self.frame, heldout_users=spec.heldout_users, fold_in=spec.fold_in, seed=seed, **where)
-        if spec.scheme == "time":
-            cuts = None if spec.time_cuts is None else tuple(parse_time(text) for text in spec.time_cuts)
-            return split_time(self.frame, fractions=fractions, cuts=cuts, **where)
-        return split_interactions(self.frame, fractions=fractions, seed=seed, **where)
+        scheme = scheme_class(self.spec.scheme, f"split of {self.spec.describe()}")
+        return scheme.split(self.frame, self.spec, fractions, seed, source=self.spec.describe(),
+                            source_sha256=self.digest, extra={"filters": self.filters} if self.filters else {})
 
 
 def load_filtered(spec: DataSpec) -> FilteredSource:
@@ -116,3 +76,9 @@ def load_filtered(spec: DataSpec) -> FilteredSource:
 def prepare_split(spec: DataSpec, fractions: tuple[float, float, float], seed: int) -> Split:
     """Load the source, filter it and split it by its scheme with `seed`."""
     return load_filtered(spec).split(fractions, seed)
+
+
+def load_split(directory: Path) -> Split:
+    """A split saved by `save_split` (raycf.data.split.read_split: every file checked against its hash), with the
+    rules of its registered scheme."""
+    return read_split(directory, lambda scheme: scheme_class(scheme, "split"))

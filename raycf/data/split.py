@@ -1,18 +1,18 @@
-"""A split of interaction records into train / validation / test matrices (and the fold-in inputs of held-out
-users), saved as Parquet; the seeded random split of the records (scheme `records`) is made here, the other
-schemes in raycf.data.schemes."""
+"""A split of interaction records into train / validation / test matrices (and its scheme's further parts),
+saved as Parquet with a manifest and a content hash. The schemes that make splits (raycf.data.schemes) hand each
+Split the rules it follows; this module knows none of them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,28 +20,35 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from raycf.atomic import staged_directory
 from raycf.errors import DataError
-from raycf.layout import MASK_PROTOCOLS
+from raycf.storage.atomic import staged_directory
 
 FORMAT_VERSION = 2
 """2: split_sha256 hashes the split's content (`content_sha256`); 1: it hashed the Parquet files' bytes."""
 PARTS = ("train", "valid", "test")
-FOLD_IN_PARTS = ("valid_fold_in", "test_fold_in")
-"""The `users` scheme's inputs of held-out users: given to the model, never predicted."""
-SCHEMES = ("records", "users", "time")
+MASK_PROTOCOLS = ("train", "train+valid")
+"""What test ranks never include: the user's inputs ("train"), or those and the validation items."""
 MANIFEST = "manifest.json"
 CONTENT_HEADER = b"raycf-split-content/1"
+
+
+class SplitRules(Protocol):
+    """What a split's scheme decides: the matrices it holds beyond train, valid and test (in the order they are
+    hashed and saved), and the matrices whose union is a user's input when ranking a part."""
+
+    @property
+    def extra_parts(self) -> tuple[str, ...]: ...
+
+    def input_parts(self, part: str) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, eq=False)
 class Split:
     """User x item 0/1 matrices; rows follow `user_ids`, columns follow `item_ids` (train items).
 
-    `valid` and `test` hold the items to predict. What a model is given as a user's input depends on the
-    scheme (`manifest["scheme"]`): `records`, the user's train row; `users`, the held-out user's fold-in
-    items (`valid_fold_in`, `test_fold_in`; held-out users have no train row); `time`, the user's items
-    before the part's cut (train, and validation items for test).
+    `valid` and `test` hold the items to predict. Its scheme's `rules` say which further parts the split holds
+    (the `users` scheme's `valid_fold_in` and `test_fold_in`, else None) and what a model is given as a user's
+    input for each part (`inputs`).
     """
 
     train: sp.csr_matrix
@@ -52,6 +59,7 @@ class Split:
     manifest: dict[str, Any]
     valid_fold_in: sp.csr_matrix | None = None
     test_fold_in: sp.csr_matrix | None = None
+    rules: SplitRules = field(kw_only=True, repr=False)
 
     @property
     def n_users(self) -> int:
@@ -67,8 +75,8 @@ class Split:
 
     @property
     def parts(self) -> tuple[str, ...]:
-        """The matrices this split holds (and saves): train, valid, test, and the fold-in inputs if any."""
-        return (*PARTS, *FOLD_IN_PARTS) if self.valid_fold_in is not None else PARTS
+        """The matrices this split holds (and saves): train, valid, test, and its scheme's further parts."""
+        return (*PARTS, *self.rules.extra_parts)
 
     def matrices(self) -> dict[str, sp.csr_matrix]:
         return {name: getattr(self, name) for name in self.parts}
@@ -78,14 +86,7 @@ class Split:
         each user: everything known before the test part except validation targets)."""
         if part not in ("valid", "test", "score"):
             raise ValueError(f"part must be valid, test or score, got {part!r}")
-        if self.scheme == "time" and part != "valid":
-            return _union(self.train, self.valid)
-        folded = {"valid": ("valid_fold_in",), "test": ("test_fold_in",), "score": FOLD_IN_PARTS}[part]
-        inputs = self.train
-        for name in folded:
-            if getattr(self, name) is not None:
-                inputs = _union(inputs, getattr(self, name))
-        return inputs
+        return reduce(_union, (getattr(self, name) for name in self.rules.input_parts(part)))
 
     def known(self, part: str, mask: str = "train") -> sp.csr_matrix:
         """The items never ranked for `part`: its inputs, and for test with mask "train+valid" the validation
@@ -109,85 +110,18 @@ def _union(first: sp.csr_matrix, second: sp.csr_matrix) -> sp.csr_matrix:
     return both
 
 
-def split_interactions(
-    interactions: pd.DataFrame,
-    *,
-    fractions: Sequence[float] = (0.6, 0.2, 0.2),
-    seed: int = 0,
-    source: str = "",
-    source_sha256: str = "",
-    extra: dict[str, Any] | None = None,
-) -> Split:
-    """Shuffle the records with `seed` and cut them by `fractions` into train, valid and test (`extra`: more
-    manifest entries, e.g. the filters applied before).
-
-    Valid/test records whose item is not in train are dropped and counted in the manifest.
-    """
-    shares = _check_fractions(fractions)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise DataError(f"split: seed must be an integer >= 0, got {seed!r}")
-    users_raw = _raw_ids(interactions, "user_id")
-    items_raw = _raw_ids(interactions, "item_id")
-    n_records = len(users_raw)
-    where = f"split of {source}" if source else "split"
-    order = np.random.default_rng(seed).permutation(n_records)
-    n_train = round(shares[0] * n_records)
-    n_valid = round(shares[1] * n_records)
-    rows = dict(zip(PARTS, np.split(order, [n_train, n_train + n_valid])))
-    for name in PARTS:
-        if rows[name].size == 0:
-            raise DataError(
-                f"{where}: the {name} part is empty ({n_records} records, fractions {shares}); "
-                f"use more interactions or a larger {name} fraction in --split"
-            )
-
-    user_codes, user_ids = pd.factorize(users_raw, sort=True)
-    _refuse_duplicates(user_codes, items_raw, user_ids)
-    item_ids = pd.factorize(items_raw[rows["train"]], sort=True)[1]
-    item_codes = pd.Index(item_ids).get_indexer(items_raw)
-    _refuse_users_without_train(user_codes[rows["train"]], user_ids, where)
-
-    shape = (len(user_ids), len(item_ids))
-    matrices = {"train": _matrix(user_codes[rows["train"]], item_codes[rows["train"]], shape)}
-    dropped = {}
-    for name in PARTS[1:]:
-        part = rows[name][item_codes[rows[name]] >= 0]
-        dropped[name] = int(rows[name].size - part.size)
-        if part.size == 0:
-            raise DataError(
-                f"{where}: no {name} record is left after dropping {dropped[name]} whose item is not in train; "
-                f"use more interactions or a larger {name} fraction in --split"
-            )
-        matrices[name] = _matrix(user_codes[part], item_codes[part], shape)
-
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "scheme": "records",
-        "source": source,
-        "source_sha256": source_sha256,
-        "seed": int(seed),
-        "fractions": list(shares),
-        "n_users": shape[0],
-        "n_items": shape[1],
-        "counts": {name: int(matrices[name].nnz) for name in PARTS},
-        "dropped": dropped,
-        "n_records": n_records,
-        **(extra or {}),
-    }
-    return finish_split(matrices, user_ids, item_ids, manifest)
-
-
 def finish_split(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, item_ids: np.ndarray,
-                 manifest: dict[str, Any]) -> Split:
-    """The Split of `matrices` (train, valid, test, and the fold-in inputs if any), its manifest completed
+                 manifest: dict[str, Any], rules: SplitRules) -> Split:
+    """The Split of `matrices` (train, valid, test, and the scheme's further parts), its manifest completed
     with the content hash and the Parquet files' digests."""
+    matrices = {name: matrices[name] for name in (*PARTS, *rules.extra_parts)}
     manifest = {**manifest, "split_sha256": content_sha256(matrices, user_ids, item_ids)}
     manifest["file_sha256"] = _file_digests(_parquet_files(matrices, user_ids, item_ids))
-    return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
+    return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest, rules=rules)
 
 
 def save_split(split: Split, directory: Path) -> None:
-    """Write the three Parquet parts and manifest.json atomically; refuse to replace a different split."""
+    """Write the Parquet parts and manifest.json atomically; refuse to replace a different split."""
     directory = Path(directory)
     files = _parquet_files(split.matrices(), split.user_ids, split.item_ids)
     manifest = {**split.manifest, "file_sha256": _file_digests(files)}
@@ -212,13 +146,15 @@ def save_split(split: Split, directory: Path) -> None:
         raise DataError(f"split: cannot write {directory}: {err.strerror}; choose a writable split directory") from err
 
 
-def load_split(directory: Path) -> Split:
+def read_split(directory: Path, rules_of: Callable[[str], SplitRules]) -> Split:
     """Read a saved split back, checking every file against its sha256 in the manifest and the decoded
-    split against the manifest's split_sha256 (`content_sha256`; over the files' bytes for format 1)."""
+    split against the manifest's split_sha256 (`content_sha256`; over the files' bytes for format 1).
+    `rules_of(scheme)`: the rules of the manifest's scheme (raycf.data.source.load_split asks the registry)."""
     directory = Path(directory)
     manifest = _read_manifest(directory)
+    rules = rules_of(manifest.get("scheme", "records"))
     blobs = {}
-    for name in (*PARTS, *FOLD_IN_PARTS) if manifest.get("scheme") == "users" else PARTS:
+    for name in (*PARTS, *rules.extra_parts):
         path = directory / f"{name}.parquet"
         try:
             blobs[name] = path.read_bytes()
@@ -247,14 +183,14 @@ def load_split(directory: Path) -> Split:
         if (rows < 0).any() or (cols < 0).any():
             raise DataError(f"split: {directory / name}.parquet holds items absent from train.parquet; "
                             f"delete {directory} and split again")
-        matrices[name] = _matrix(rows, cols, shape)
+        matrices[name] = ones_matrix(rows, cols, shape)
     found = content_sha256(matrices, user_ids, item_ids)
     if not legacy and manifest["split_sha256"] != found:
         raise DataError(
             f"split: split_sha256 {str(manifest['split_sha256'])[:12]} in {directory / MANIFEST} does not match "
             f"the split in its Parquet files ({found[:12]}); delete {directory} and split again"
         )
-    return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest)
+    return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest, rules=rules)
 
 
 def content_sha256(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, item_ids: np.ndarray) -> str:
@@ -267,9 +203,10 @@ def content_sha256(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, ite
     2. ``user_ids`` then ``item_ids`` (sorted, as in `Split`), each as: label(field name),
        label(``int64`` or ``utf8``), the id count as uint64, then every id: an integer id as int64; a
        string id as the uint64 length of its UTF-8 bytes, then those bytes;
-    3. ``train``, ``valid`` then ``test`` (then ``valid_fold_in`` and ``test_fold_in``, in a split that has
-       them), each as: label(part name), the number of pairs as uint64, then every stored (row, column)
-       index pair as two int64, sorted by row then column.
+    3. ``train``, ``valid`` then ``test``, then any further parts in the order of `matrices` (a split's:
+       its scheme's order, e.g. ``valid_fold_in`` then ``test_fold_in``), each as: label(part name), the
+       number of pairs as uint64, then every stored (row, column) index pair as two int64, sorted by row
+       then column.
 
     label(s) is the uint64 length of s's UTF-8 bytes, then those bytes. Matrix values (all 1) and the
     manifest's other fields (seed, source, ...) are not hashed.
@@ -279,9 +216,8 @@ def content_sha256(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, ite
         kind, encoded = _encode_ids(ids, name)
         digest.update(_label(name) + _label(kind) + struct.pack("<Q", len(ids)))
         digest.update(encoded)
-    for name in (*PARTS, *FOLD_IN_PARTS):
-        if name not in matrices:
-            continue
+    further = [name for name in matrices if name not in PARTS]
+    for name in (*(name for name in PARTS if name in matrices), *further):
         rows, cols = matrices[name].nonzero()
         order = np.lexsort((cols, rows))
         pairs = np.column_stack((rows[order], cols[order])).astype("<i8")
@@ -306,69 +242,7 @@ def _encode_ids(ids: np.ndarray, name: str) -> tuple[str, bytes]:
     raise DataError(f"split: {name} must hold integer or string ids, found {values.dtype}; convert them to one id type")
 
 
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    """Three finite numbers > 0 that sum to 1, else DataError naming the split field."""
-    numbers = (
-        isinstance(fractions, (list, tuple, np.ndarray))
-        and len(fractions) == 3
-        and all(isinstance(f, (int, float, np.number)) and not isinstance(f, bool) for f in fractions)
-    )
-    if not numbers or not all(math.isfinite(f) and f > 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(
-            f"split: fractions must be three numbers > 0 (train, valid, test) that sum to 1, got {fractions!r}; "
-            "e.g. --split 0.6,0.2,0.2"
-        )
-    train, valid, test = (float(f) for f in fractions)
-    return train, valid, test
-
-
-def _raw_ids(interactions: pd.DataFrame, column: str) -> np.ndarray:
-    """The column as int64, or as an object array of str; DataError for anything else."""
-    if column not in interactions.columns:
-        raise DataError(f"interactions: no {column} column (found {list(interactions.columns)}); name the id columns")
-    values = interactions[column]
-    missing = int(values.isna().sum())
-    if missing:
-        raise DataError(f"interactions: {missing} rows have no {column}; drop them or fix the ratings file")
-    kind = pd.api.types.infer_dtype(values, skipna=False)
-    if kind == "integer":
-        return values.to_numpy(dtype=np.int64)
-    if kind == "string":
-        return values.to_numpy(dtype=object)
-    raise DataError(f"interactions: {column} must hold integer or string ids, found {kind} values; "
-                    "convert the column to one id type")
-
-
-def _refuse_duplicates(user_codes: np.ndarray, items_raw: np.ndarray, user_ids: np.ndarray) -> None:
-    """DataError when a (user, item) pair occurs twice: the split would leak it across parts."""
-    item_codes, all_items = pd.factorize(items_raw)
-    pairs = pd.Index(user_codes.astype(np.int64) * len(all_items) + item_codes)
-    if not pairs.is_unique:
-        duplicated = pairs.duplicated()
-        first = int(np.flatnonzero(duplicated)[0])
-        raise DataError(
-            f"interactions: {int(duplicated.sum())} duplicate (user_id, item_id) rows, e.g. user "
-            f"{_show(user_ids[user_codes[first]])} item {_show(items_raw[first])}; keep one row per pair"
-        )
-
-
-def _refuse_users_without_train(train_user_codes: np.ndarray, user_ids: np.ndarray, where: str) -> None:
-    """DataError when some user has no training record."""
-    lacking = np.flatnonzero(np.bincount(train_user_codes, minlength=len(user_ids)) == 0)
-    if lacking.size:
-        raise DataError(
-            f"{where}: {lacking.size} of {len(user_ids)} users have no training record (e.g. user "
-            f"{_show(user_ids[lacking[0]])}); hold out fewer records (e.g. --split 0.8,0.1,0.1) "
-            "or drop users with few interactions"
-        )
-
-
-def _show(raw: object) -> str:
-    """A raw id as the user wrote it: strings quoted, numbers plain."""
-    return repr(raw) if isinstance(raw, str) else str(raw)
-
-
-def _matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+def ones_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """A canonical (sorted, duplicate-free) float32 CSR matrix of ones."""
     order = np.lexsort((cols, rows))
     indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=shape[0]))))

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -15,7 +15,8 @@ from scipy.sparse import csr_matrix
 from torch import nn
 from torch.nn import functional as F
 
-from raycf.config import TrainConfig
+from raycf.models.config import TrainConfig
+from raycf.models.params import ModelParams, NeuralParams
 
 ByItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """A batch's entries item by item (the transpose's CSR parts): (order, item_offsets, item_rows). `order` lists
@@ -263,7 +264,7 @@ def input_dropout(values: torch.Tensor, rate: float, generator: torch.Generator 
 
 
 def output_product(x: torch.Tensor, layer: nn.Linear, matmul_dtype: str) -> torch.Tensor:
-    """layer(x) in float32, its product taken in `matmul_dtype` (raycf.config.MATMUL_DTYPES): the inputs, weight
+    """layer(x) in float32, its product taken in `matmul_dtype` (raycf.models.params.MATMUL_DTYPES): the inputs, weight
     and bias rounded to it, the result and (through autograd's casts) the weight's gradient back in float32."""
     if matmul_dtype == "float32":
         return layer(x)
@@ -278,18 +279,39 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": F.elu,
     "selu": F.selu,
 }
-"""Every name of raycf.config.ACTIVATIONS, as a function."""
+"""Every name of raycf.models.params.ACTIVATIONS, as a function."""
 
 
-class Recommender(nn.Module, ABC):
-    """A model that reads sparse multi-hot user rows and scores every item for ranking."""
+P = TypeVar("P", bound=ModelParams)
+NP = TypeVar("NP", bound=NeuralParams)
+
+
+class Recommender(nn.Module, ABC, Generic[P]):
+    """A model that reads sparse multi-hot user rows and scores every item for ranking. A model module declares
+    the class attributes below and registers the class (raycf.models.registry.register)."""
 
     name: ClassVar[str]
+    """Its name in configurations, commands and outputs."""
+    label: ClassVar[str]
+    """What tables and figures call it."""
+    colour: ClassVar[str]
+    """Its colour in the report's figures (a matplotlib colour)."""
+    Params: ClassVar[type[ModelParams]]
+    """Its hyperparameters, declared once."""
+    key_hyperparameters: ClassVar[tuple[str, ...] | None] = None
+    """The hyperparameters the report's leaderboard shows (None: all of them)."""
+    panels: ClassVar[tuple[str, ...] | None] = None
+    """The hyperparameters the report always plots against the metric (None: those its trials vary)."""
 
     def __init__(self, n_items: int, config: TrainConfig) -> None:
         super().__init__()
         self.n_items = n_items
         self.config = config
+
+    @property
+    def params(self) -> P:
+        """The model's hyperparameters (`config.params`, of its own `Params` class)."""
+        return self.config.params  # type: ignore[return-value]
 
     @property
     def device(self) -> torch.device:
@@ -306,7 +328,7 @@ class Recommender(nn.Module, ABC):
         """Deterministic ranking scores (batch size x n_items); higher ranks first."""
 
 
-class NeuralRecommender(Recommender):
+class NeuralRecommender(Recommender[NP]):
     """A model trained by minibatch gradient descent on its `loss`, with Adam over its `parameter_groups`; it
     scores through a last linear layer, `decoder` (items x features)."""
 
@@ -319,39 +341,71 @@ class NeuralRecommender(Recommender):
     def scores(self, batch: SparseBatch) -> torch.Tensor:
         return self.decoder(self.features(batch))
 
+    @property
+    def coarse_dtype(self) -> torch.dtype | None:
+        """The precision its last layer's products may take when ranking (raycf.eval.ranking's first stage): the
+        one it trained them in, or None for float32 (one exact stage)."""
+        dtype = self.params.matmul_dtype
+        return None if dtype == "float32" else getattr(torch, dtype)
+
     @abstractmethod
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss of one batch at update `step` (0-based), averaged over its users, plus the `l2_penalty`
         (whose gradient the optimizer adds: see `parameter_groups`)."""
 
     @abstractmethod
-    def penalized(self) -> list[nn.Parameter]:
+    def penalized(self) -> list[torch.Tensor]:
         """The weight matrices the `l2` penalty covers."""
 
     def l2_penalty(self) -> torch.Tensor | float:
         """lambda/2 * sum of squared entries of the `penalized` weights, as a value without a gradient (0 when
         lambda is 0)."""
-        if self.config.l2 == 0.0:
+        if self.params.l2 == 0.0:
             return 0.0
         with torch.no_grad():
             flat = [weight.reshape(-1) for weight in self.penalized()]
-            return 0.5 * self.config.l2 * sum(torch.dot(weight, weight) for weight in flat)
+            return 0.5 * self.params.l2 * sum(torch.dot(weight, weight) for weight in flat)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Adam's parameter groups: its weight decay (`weight_decay`, on every parameter) and, on the `penalized`
         weights, lambda more: Adam's weight decay adds lambda * W to their gradient, which is the gradient of the
         penalty lambda/2 |W|^2, inside the fused step instead of autograd's passes over the weights."""
-        decay, parameters = self.config.weight_decay, list(self.parameters())
-        if self.config.l2 == 0.0:
+        decay, parameters = self.params.weight_decay, list(self.parameters())
+        if self.params.l2 == 0.0:
             return [{"params": parameters, "weight_decay": decay}]
         penalized = {id(weight) for weight in self.penalized()}
         return [
-            {"params": [p for p in parameters if id(p) in penalized], "weight_decay": decay + self.config.l2},
+            {"params": [p for p in parameters if id(p) in penalized], "weight_decay": decay + self.params.l2},
             {"params": [p for p in parameters if id(p) not in penalized], "weight_decay": decay},
         ]
 
 
-class FittedRecommender(Recommender):
+class AutoencoderRecommender(NeuralRecommender[NP]):
+    """A neural model whose first layer reads the sparse input (`encoder_weight`, `encoder_bias`) and whose last,
+    `decoder`, scores the items, with dense `encoder_layers` and `decoder_layers` between them."""
+
+    def build_layers(self, first: int, last: int, encoder: list[int], decoder: list[int]) -> None:
+        """Create the layers: the sparse one `first` wide, the decoder reading `last` features, the inner ones
+        through the sizes `encoder` and `decoder`; initialised as Liang et al. 2018 do (Xavier-uniform weights,
+        N(0, 0.001^2) biases). They are created and initialised in this order: a seed's draws depend on it."""
+        self.encoder_weight = nn.Parameter(torch.empty(self.n_items, first))
+        self.encoder_bias = nn.Parameter(torch.empty(first))
+        self.decoder = nn.Linear(last, self.n_items)
+        self.encoder_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(encoder, encoder[1:]))
+        self.decoder_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(decoder, decoder[1:]))
+        pairs = [(self.encoder_weight, self.encoder_bias), (self.decoder.weight, self.decoder.bias)]
+        pairs += [(layer.weight, layer.bias) for layer in (*self.encoder_layers, *self.decoder_layers)]
+        for weight, bias in pairs:
+            nn.init.xavier_uniform_(weight)
+            nn.init.normal_(bias, std=0.001)
+
+    def penalized(self) -> list[torch.Tensor]:
+        """The weight matrices, the first encoder layer's first."""
+        layers = (*self.encoder_layers, *self.decoder_layers)
+        return [self.encoder_weight, *(layer.weight for layer in layers), self.decoder.weight]
+
+
+class FittedRecommender(Recommender[P]):
     """A model fitted on the whole train matrix, in closed form (one iteration) or iteratively; its state is
     buffers, not parameters."""
 

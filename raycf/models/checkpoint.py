@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import re
 import warnings
@@ -13,9 +12,10 @@ from typing import Any
 
 import torch
 
-from raycf.config import TrainConfig
 from raycf.errors import CheckpointError, RaycfError
 from raycf.models import Recommender, build_model
+from raycf.models.config import TrainConfig
+from raycf.storage.atomic import staged_file
 
 CHECKPOINT_FORMAT = 1
 _KEYS = ("model", "n_items", "config", "state_dict", "meta")
@@ -34,20 +34,8 @@ def save_checkpoint(path: Path, model: Recommender, meta: dict[str, Any] | None 
         "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
         "meta": meta or {},
     }
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-
-
-def load_checkpoint(
-    path: Path, *, expect_model: str | None = None, expect_items: int | None = None
-) -> tuple[Recommender, dict[str, Any]]:
-    """The model in eval mode and the checkpoint's meta; CheckpointError for anything unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; pass a checkpoint file or a run directory holding one")
-    return checkpoint_from_bytes(path.read_bytes(), str(path), expect_model=expect_model, expect_items=expect_items)
+    with staged_file(Path(path)) as staging:
+        torch.save(payload, staging)
 
 
 def checkpoint_from_bytes(
@@ -73,7 +61,8 @@ def checkpoint_from_bytes(
         raise CheckpointError(f"{where}: not a raycf checkpoint (format {CHECKPOINT_FORMAT} expected); {_WAY_OUT}")
     if expect_model is not None and payload["model"] != expect_model:
         raise CheckpointError(
-            f"{where}: checkpoint holds a {payload['model']} model, not {expect_model}; pass a {expect_model} checkpoint"
+            f"{where}: checkpoint holds a {payload['model']} model, not {expect_model}; "
+            f"pass a {expect_model} checkpoint"
         )
     if expect_items is not None and payload["n_items"] != expect_items:
         raise CheckpointError(
@@ -81,7 +70,7 @@ def checkpoint_from_bytes(
             "score it with the split it was trained on"
         )
     try:
-        config = TrainConfig.from_dict(payload["config"], where=where)
+        config = TrainConfig.from_dict(payload["config"], where=where, stored=True)
         model = build_model(config, payload["n_items"])
         model.load_state_dict(payload["state_dict"])
     except (RaycfError, RuntimeError, KeyError, TypeError) as error:

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.linalg
 import torch
 from scipy.sparse import csr_matrix
 from torch.nn import functional as F
 
-from raycf.config import TrainConfig
 from raycf.models.base import FittedRecommender, SparseBatch
+from raycf.models.config import TrainConfig
+from raycf.models.params import ModelParams, above, hyperparameter
+from raycf.models.registry import register
 
 
-class EASE(FittedRecommender):
+@dataclass(frozen=True)
+class EASEParams(ModelParams):
+    """EASE's lambda."""
+
+    l2: float = hyperparameter(500.0, "lambda, the L2 penalty of the item-item weights.", above(0, "for ease"),
+                               label="lambda (l2)")
+
+
+@register
+class EASE(FittedRecommender[EASEParams]):
     """B = I - P diag(1 / diag(P)) with P = (X^T X + lambda I)^-1 (lambda: `l2`); scores are x_u B."""
 
     name = "ease"
+    label = "EASE"
+    colour = "tab:green"
+    Params = EASEParams
+    weights: torch.Tensor
 
     def __init__(self, n_items: int, config: TrainConfig) -> None:
         super().__init__(n_items, config)
@@ -29,7 +46,7 @@ class EASE(FittedRecommender):
     def fit_iteration(self, train: csr_matrix, iteration: int) -> None:
         binary = (train > 0).astype(np.float64)
         gram = (binary.T @ binary).toarray()
-        gram[np.diag_indices_from(gram)] += self.config.l2
+        gram[np.diag_indices_from(gram)] += self.params.l2
         precision = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
         precision /= -np.diag(precision)  # column j divided by -P_jj
         np.fill_diagonal(precision, 0.0)

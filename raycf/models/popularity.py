@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.sparse import csr_matrix
 
-from raycf.config import TrainConfig
 from raycf.models.base import FittedRecommender, SparseBatch
+from raycf.models.config import TrainConfig
+from raycf.models.params import ModelParams
+from raycf.models.registry import register
 
 
-class Popularity(FittedRecommender):
+@dataclass(frozen=True)
+class PopularityParams(ModelParams):
+    """Popularity takes no hyperparameters."""
+
+
+@register
+class Popularity(FittedRecommender[PopularityParams]):
     """Scores are n_items - rank by train count, so that every item's score is distinct."""
 
     name = "pop"
+    label = "Popularity"
+    colour = "tab:gray"
+    Params = PopularityParams
+    item_scores: torch.Tensor
 
     def __init__(self, n_items: int, config: TrainConfig) -> None:
         super().__init__(n_items, config)

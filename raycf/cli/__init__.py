@@ -1,0 +1,1 @@
+"""The `raycf` command: thin Click commands over the stages' plain functions."""

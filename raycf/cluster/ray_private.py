@@ -1,0 +1,71 @@
+"""Every use raycf makes of Ray internals that have no public equivalent, in one place.
+
+Ray may change any of these in a minor release. tests/test_ray_private.py checks each one against the
+installed Ray (on real Tune trials) and fails with a message naming what changed; the Ray versions the
+suite passed with are listed in pyproject.toml (`[tool.raycf] tested-ray`). Everything else raycf uses
+from Ray is public API (`ray.tune.Callback` hooks and the `Trial` properties they hand over: `path`,
+`remote_experiment_path`, `checkpoint`, `config`, `last_result`, `num_failures`; `ray.tune.Checkpoint`,
+`ResultGrid` / `Result`; `MLflowLoggerCallback`'s constructor, `setup` and `log_trial_*` hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow.fs as pafs
+
+RESULT_FILE = "result.json"
+"""The JSON-lines file in each trial directory where Tune's driver appends every reported result
+(Ray's `ray.air.constants.EXPR_RESULT_FILE`, not public). Needed because Ray does not save a
+scheduler's rungs: `raycf.tune.asha` refills them on resume from what each trial reported before, and no
+public API reads a restored trial's past results from inside a scheduler."""
+
+CHECKPOINT_LOGGER = "ray.train._internal.storage"
+"""The logger (a private module's) that prints `Checkpoint successfully created at: ...` for every
+checkpoint a trial reports. A trial checkpoints at every improving epoch, so `quiet_checkpoint_logs`
+raises it to WARNING in the trial; Ray has no public switch for that line."""
+
+JOB_UPLOAD_LOGGER = "ray._private.runtime_env.working_dir"
+"""The logger of the job SDK's working_dir packaging and upload (`raycf ... --submit`): its INFO lines
+and the warning that `.git` is left out of a working_dir (raycf always leaves it out) would bury the
+job's own log. Ray has no public switch for them."""
+
+
+def quiet_checkpoint_logs() -> None:
+    """No line per checkpoint in a trial's output (see CHECKPOINT_LOGGER)."""
+    logging.getLogger(CHECKPOINT_LOGGER).setLevel(logging.WARNING)
+
+
+def quiet_job_upload_logs() -> None:
+    """No packaging and upload chatter while submitting a job (see JOB_UPLOAD_LOGGER)."""
+    logging.getLogger(JOB_UPLOAD_LOGGER).setLevel(logging.ERROR)
+
+
+def trial_filesystem(trial: Any) -> pafs.FileSystem | None:
+    """The pyarrow filesystem that `Trial.path` and `Trial.remote_experiment_path` are paths on (they
+    carry no URI scheme: `bucket/runs/x` on S3); None for a trial Tune has not given storage.
+
+    `Trial` has no public attribute for it (it is the private `StorageContext.storage_filesystem`); a
+    trial's `Checkpoint.filesystem` is public but exists only once the trial has checkpointed.
+    """
+    storage = getattr(trial, "storage", None)
+    return None if storage is None else storage.storage_filesystem
+
+
+def trial_has_directory(trial: Any) -> bool:
+    """Whether Tune has named the trial's directory yet (a new trial's is named when it first starts;
+    `Trial.path` raises before). Reads the private `StorageContext.trial_dir_name`."""
+    storage = getattr(trial, "storage", None)
+    return storage is not None and storage.trial_dir_name is not None
+
+
+def mlflow_trial_runs(logger: Any) -> dict[Any, str]:
+    """The MLflow run id of each trial an `MLflowLoggerCallback` has started: its private `_trial_runs`, which
+    Ray's own `on_trial_*` bookkeeping reads too, so raycf's logger records its runs there."""
+    return logger._trial_runs
+
+
+def mlflow_experiment_id(logger: Any) -> str:
+    """The experiment id an `MLflowLoggerCallback` resolved in `setup` (its private `mlflow_util`'s)."""
+    return logger.mlflow_util.experiment_id

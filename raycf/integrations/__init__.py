@@ -1,0 +1,1 @@
+"""Experiment tracking outside the run directory: MLflow runs, and Ray Tune's MLflow and TensorBoard loggers."""
