@@ -288,7 +288,8 @@ def test_no_scores_at_all_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 
 def test_outputs_on_an_object_store_behind_their_pointers(object_store, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from raycf.storage.location import Location, PendingOutput
+    from raycf.storage.atomic import PendingOutput
+    from raycf.storage.location import Location
 
     for name, value in object_store.env.items():
         monkeypatch.setenv(name, value)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from raycf.errors import RaycfError
-from raycf.storage.location import POINTER_FILE, Location, PendingOutput
+from raycf.storage.atomic import PendingOutput
+from raycf.storage.location import POINTER_FILE, Location
 
 
 def write(output: PendingOutput, name: str, text: str) -> None:

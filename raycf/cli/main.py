@@ -103,25 +103,17 @@ def data_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ]
 
     @functools.wraps(command)
-    def wrapper(dataset: str | None, ratings: str | None, fmt: str, user_col: str, item_col: str,
-                rating_col: str | None, min_rating: float | None, time_col: str | None, min_user_items: int | None,
-                min_item_users: int | None, k_core: int | None, scheme: str, heldout_users: float | None,
-                fold_in: float, time_cuts: str | None, **kwargs: Any) -> Any:
-        if dataset is not None and ratings is not None:
+    def wrapper(fmt: str, time_cuts: str | None, **kwargs: Any) -> Any:
+        spec = {field.name: kwargs.pop(field.name) for field in dataclasses.fields(DataSpec) if field.name in kwargs}
+        if spec["dataset"] is not None and spec["ratings"] is not None:
             raise click.UsageError("--dataset and --ratings exclude each other: give one")
-        if (scheme == "users") != (heldout_users is not None):
+        if (spec["scheme"] == "users") != (spec["heldout_users"] is not None):
             raise click.UsageError("--heldout-users goes with --scheme users, which needs it")
         cuts = None if time_cuts is None else tuple(part.strip() for part in time_cuts.split(","))
-        if cuts is not None and (scheme != "time" or len(cuts) != 2):
+        if cuts is not None and (spec["scheme"] != "time" or len(cuts) != 2):
             raise click.UsageError("--time-cuts takes two dates, DATE,DATE, with --scheme time")
-        data = DataSpec(
-            dataset=None if ratings is not None else (dataset or "synthetic"),
-            ratings=ratings, format=fmt, user_col=user_col, item_col=item_col,
-            rating_col=rating_col, min_rating=min_rating, time_col=time_col, min_user_items=min_user_items,
-            min_item_users=min_item_users, k_core=k_core, scheme=scheme, heldout_users=heldout_users,
-            fold_in=fold_in, time_cuts=cuts,
-        )
-        return command(data=data, **kwargs)
+        dataset = None if spec["ratings"] is not None else (spec["dataset"] or "synthetic")
+        return command(data=DataSpec(**{**spec, "dataset": dataset, "format": fmt, "time_cuts": cuts}), **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pandas as pd
 
 from raycf.data.loaders import read_interactions
 from raycf.errors import DataError
+from raycf.storage.atomic import staged_file
 
 
 @dataclass(frozen=True)
@@ -95,22 +95,16 @@ def fetch_dataset(
         return target
     way_out = f"pass --ratings PATH, or put {info.zip_name} into {home}"
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=home, prefix=f".{info.zip_name}.", suffix=".part", delete=False)
-    except OSError as err:
+        with staged_file(target) as part, open(part, "wb") as handle:
+            got = _download(url, handle, timeout, way_out)
+            if got != md5:
+                raise DataError(f"download of {url} is corrupted (expected md5 {md5}, got {got}); try again, or "
+                                f"{way_out}")
+    except OSError as err:  # the data home cannot be written (downloading's own errors are DataErrors)
         raise DataError(
             f"cannot write to the data home {home} ({err.strerror or err});"
             f" set RAYCF_DATA_HOME or {way_out}"
         ) from err
-    part = Path(handle.name)
-    try:
-        with handle:
-            got = _download(url, handle, timeout, way_out)
-        if got != md5:
-            raise DataError(f"download of {url} is corrupted (expected md5 {md5}, got {got}); try again, or {way_out}")
-        os.replace(part, target)
-    finally:
-        part.unlink(missing_ok=True)
     return target
 
 

@@ -29,7 +29,7 @@ and scipy's Wilcoxon fails or returns NaN there; t = 0, W = 0, p_t = p_wilcoxon 
 (null in compare.json), p_t = 0.0 and the CI collapses to the mean; the Wilcoxon test is computed as usual.
 
 Outputs, committed together into `out` (a new or empty directory, a path or a URI; see
-raycf.storage.location.PendingOutput): `compare.json` (its schema: README, `raycf compare`) and
+raycf.storage.atomic.PendingOutput): `compare.json` (its schema: README, `raycf compare`) and
 `compare.md` (one table per pair).
 """
 
@@ -58,7 +58,8 @@ from raycf.runs.layout import (
     SUMMARY_JSON,
     USER_METRICS_DIR,
 )
-from raycf.storage.location import Location, PendingOutput
+from raycf.storage.atomic import PendingOutput
+from raycf.storage.location import Location
 
 FORMAT = 1
 ALPHA = 0.05

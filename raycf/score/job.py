@@ -64,8 +64,8 @@ from raycf.runs.layout import (
 )
 from raycf.runs.targets import RunTarget, read_checkpoint_bytes, resolve_target
 from raycf.score.monitoring import ScoringMetrics
-from raycf.storage.atomic import DirectoryLock
-from raycf.storage.location import Location, PendingOutput, parquet_bytes
+from raycf.storage.atomic import DirectoryLock, PendingOutput
+from raycf.storage.location import Location, parquet_bytes
 
 USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
 """user_metrics/'s columns; the report metrics follow, by label (`recall@20`)."""

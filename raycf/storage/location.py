@@ -15,8 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,71 +157,3 @@ def describe_store_error(message: str) -> str:
         return (f"the credentials were refused ({first}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
                 f"(from {', '.join(credentials) or '~/.aws/credentials'}) and the bucket's permissions")
     return f"the object store refused the request ({first})"
-
-
-@dataclass
-class PendingOutput:
-    """An output being written into `staged`; `commit` makes it `final`'s content whole, `discard` drops it
-    unless it was committed."""
-
-    final: Location
-    staged: Location
-    committed: bool = False
-
-    @classmethod
-    def begin(cls, final: Location) -> PendingOutput:
-        """A fresh place to write: a sibling `<final>.tmp-<id>` locally, a version prefix on an object store."""
-        suffix = uuid.uuid4().hex[:8]
-        if final.is_object_store:
-            staged = final.child(f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{suffix}")
-        else:
-            staged = Location(f"{final.uri}.tmp-{suffix}", final.filesystem, f"{final.path}.tmp-{suffix}")
-        final.filesystem.create_dir(staged.path, recursive=True)
-        return cls(final, staged)
-
-    def commit(self) -> None:
-        """Make the staged content the output. Locally: rename (the older output moved aside first, moved
-        back if the rename fails, deleted after). On an object store: write the pointer, then delete the
-        superseded versions."""
-        filesystem, final = self.final.filesystem, self.final.path
-        if self.final.is_object_store:
-            version = self.staged.path.rsplit("/", 1)[1]
-            self.final.write_bytes(POINTER_FILE, (json.dumps({"version": version}) + "\n").encode())
-            self.committed = True
-            for entry in filesystem.get_file_info(pafs.FileSelector(final)):
-                if entry.base_name.startswith(VERSION_PREFIX) and entry.base_name != version:
-                    filesystem.delete_dir(entry.path)
-            return
-        old = None
-        if filesystem.get_file_info(final).type != pafs.FileType.NotFound:
-            old = f"{final}.old-{uuid.uuid4().hex[:8]}"
-            filesystem.move(final, old)
-        try:
-            filesystem.move(self.staged.path, final)
-        except BaseException:
-            if old is not None:
-                filesystem.move(old, final)
-            raise
-        self.committed = True
-        if old is not None:
-            filesystem.delete_dir(old)
-
-    def discard(self) -> None:
-        """Remove the staged content of an output that was not committed."""
-        if not self.committed and self.final.filesystem.get_file_info(self.staged.path).type != pafs.FileType.NotFound:
-            self.final.filesystem.delete_dir(self.staged.path)
-
-    @classmethod
-    def write(cls, final: Location, files: dict[str, bytes] | Path) -> None:
-        """Stage `files` (name -> bytes, or a local directory's whole content) and commit them into `final`
-        together; nothing is left behind when it fails (OSError)."""
-        output = cls.begin(final)
-        try:
-            if isinstance(files, Path):
-                output.staged.put_directory(files)
-            else:
-                for name, data in files.items():
-                    output.staged.write_bytes(name, data)
-            output.commit()
-        finally:
-            output.discard()

@@ -117,9 +117,8 @@ TRACKING_KEYS = ("mlflow", "tensorboard")
 SEARCHER_OPTIONS = {"random": (), "optuna": ("n_startup_trials",)}
 """Each searcher type and the keys it takes besides `type`."""
 DEFAULT_N_STARTUP_TRIALS = 5
-DATA_KEYS = ("dataset", "ratings", "format", "user_col", "item_col", "rating_col", "min_rating", "synthetic",
-             "time_col", "min_user_items", "min_item_users", "k_core", "scheme", "heldout_users", "fold_in",
-             "time_cuts", "split")
+DATA_KEYS = (*(field.name for field in dataclasses.fields(DataSpec)), "split")
+"""A study's `data` keys: DataSpec's fields and the split fractions."""
 RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col", "time_col")
 SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")

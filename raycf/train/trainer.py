@@ -31,7 +31,8 @@ from raycf.models import (
 from raycf.models.checkpoint import save_checkpoint
 from raycf.models.config import TrainConfig
 from raycf.runs.layout import CHECKPOINT_NAME, METRICS_FILE, SPLIT_DIR
-from raycf.storage.location import Location, PendingOutput
+from raycf.storage.atomic import PendingOutput
+from raycf.storage.location import Location
 from raycf.train.memory import check_fit_memory
 
 K = REPORT_K
@@ -258,7 +259,7 @@ def run_training(
     """Split, train, test and write `out/` (split/, checkpoint.pt, metrics.json).
 
     `out` is a local path or a URI (s3://...). The outputs are staged and committed at the end
-    (raycf.storage.location.PendingOutput), so an interrupted run leaves no output, and an existing non-empty
+    (raycf.storage.atomic.PendingOutput), so an interrupted run leaves no output, and an existing non-empty
     `out` is refused rather than overwritten.
     """
     location = Location.of(str(out), "")
