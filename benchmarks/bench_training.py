@@ -189,6 +189,17 @@ def table_row(split: Split, model: str, run: ModelRun) -> str:
     return row + f" {run.peak_rss_mb:8.0f} {run.rate.wall:8.1f}"
 
 
+def machine_header(threads: int) -> str:
+    """The CPU the figures come from (its model and the flags that decide bfloat16 speed), the torch threads
+    and version: figures from two machines never belong in one table."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    lines = info.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    marks = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx512f", "avx512_bf16", "amx_bf16"))
+    return f"machine: {model} ({marks}); {threads} torch threads; torch {torch.__version__}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=["ml1m", "ml20m"], default="ml1m", help="ML-1M, or synthetic ML-20M shape")
@@ -206,6 +217,7 @@ def main() -> None:
     small = args.shape == "ml1m"
     args.epochs = args.epochs or (5 if small else 1)
     args.warmup = (1 if small else 0) if args.warmup is None else args.warmup
+    print(machine_header(args.threads or torch.get_num_threads()))
     started = time.perf_counter()
     split = build_split(args.shape, args.split_cache)
     print(f"data: {split.manifest['source']} -> {split.n_users:,} users x {split.n_items:,} items, train "
