@@ -64,11 +64,11 @@ class TrainConfig:
         return config
 
     def validate(self, where: str = "config") -> None:
-        """Raise a one-line RaycfError naming the first field out of range."""
+        """Raise a one-line RaycfError naming the first field out of range (the model's hyperparameters first)."""
+        self.params.validate(where)
         for name in ("max_epochs", "patience", "eval_every"):
             if getattr(self, name) < 1:
                 raise RaycfError(f"{where}: {name} must be >= 1, got {getattr(self, name)!r}")
-        self.params.validate(where)
 
     def to_dict(self, flat: bool = False) -> dict[str, Any]:
         """The run fields and the model's hyperparameters in one flat mapping, which `from_dict` reads back

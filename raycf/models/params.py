@@ -59,7 +59,7 @@ def redefault(params: type[ModelParams], name: str, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelParams:
-    """A model's hyperparameters (a subclass per model), built and validated by `from_values`."""
+    """A model's hyperparameters (a subclass per model), built by `from_values`, checked by `validate`."""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -79,8 +79,8 @@ class ModelParams:
 
     @classmethod
     def from_values(cls, values: dict[str, Any], where: str) -> ModelParams:
-        """Typed and validated parameters from plain values (ints taken for float fields, `layers` from a list or
-        its flat form "600,200"); a one-line RaycfError naming the first bad field."""
+        """Typed parameters from plain values (ints taken for float fields, `layers` from a list or its flat form
+        "600,200"); a one-line RaycfError naming the first value of the wrong type. `validate` checks the rules."""
         converted = {}
         for name, value in values.items():
             default: Any = cls.field(name).default
@@ -93,9 +93,7 @@ class ModelParams:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise RaycfError(f"{where}: field {name!r} must be {kind.__name__}, got {value!r}")
             converted[name] = value
-        params = cls(**converted)
-        params.validate(where)
-        return params
+        return cls(**converted)
 
     def validate(self, where: str) -> None:
         """A one-line RaycfError naming the first field out of its rule."""
