@@ -127,22 +127,28 @@ def shown(default: Any) -> str:
     return f"{default:g}" if isinstance(default, float) else str(default)
 
 
+def hyperparameter_help(declared: list[tuple[str, Any]]) -> str:
+    """An option's help from each model's (label, field) declaring it: one sentence per distinct help text, with
+    the defaults of the models that share it ("Dropout on the input (Mult-VAE 0.5, AutoRec 0)."), the model
+    named first where the models' texts differ."""
+    by_help: dict[str, list[tuple[str, str]]] = {}
+    for label, field in declared:
+        by_help.setdefault(field.metadata["help"].rstrip("."), []).append((label, shown(field.default)))
+    return " ".join(f"{defaults[0][0]}: {help} ({defaults[0][1]})." if len(defaults) == 1 and len(by_help) > 1
+                    else f"{help} ({', '.join(f'{label} {value}' for label, value in defaults)})."
+                    for help, defaults in by_help.items())
+
+
 def hyperparameter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """One option per hyperparameter of the registered models (--hidden, --l2, ...): its type, allowed values,
     help and each model's default as the models declare them. Unset options are None (the model's default)."""
     for name in reversed(hyperparameter_names()):
         declared = [(model.label, model.Params.field(name)) for model in MODELS.values()
                     if name in model.Params.names()]
-        field = declared[0][1]
-        rule, default = field.metadata["rule"], field.default
+        rule, default = declared[0][1].metadata["rule"], declared[0][1].default
         kind: Any = click.Choice(rule.options) if rule.options else str if isinstance(default, tuple) else type(default)
-        by_help: dict[str, list[tuple[str, str]]] = {}
-        for label, declaration in declared:
-            by_help.setdefault(declaration.metadata["help"].rstrip("."), []).append((label, shown(declaration.default)))
-        text = " ".join(f"{defaults[0][0]}: {help} ({defaults[0][1]})." if len(defaults) == 1 and len(by_help) > 1
-                        else f"{help} ({', '.join(f'{label} {value}' for label, value in defaults)})."
-                        for help, defaults in by_help.items())
-        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=text,
+        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                               help=hyperparameter_help(declared),
                                metavar="600[,N...]" if isinstance(default, tuple) else None)(command)
     return command
 
