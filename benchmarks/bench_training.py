@@ -45,6 +45,7 @@ import torch
 from raycf.data.split import Split
 from raycf.models.config import TrainConfig
 from raycf.models.params import MATMUL_DTYPES
+from raycf.train.precision import precision_words
 
 DEFAULT_ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat.gz"
 ML20M_SHAPE = {"n_users": 136_677, "n_items": 20_108, "mean_interactions": 68}
@@ -150,6 +151,8 @@ class ModelRun(NamedTuple):
     """Its dense bfloat16 matmul rate (GFLOP/s, wall clock), for a bfloat16 model's context."""
     peak_rss_mb: float
     threads: int
+    precision: str
+    """The output layer's precision, how it was chosen and the rates measured (raycf.train.precision)."""
 
 
 def run_model(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
@@ -170,7 +173,9 @@ def run_model(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
     after = dense_matmul_gflops(args.device)
     rate = Clocks(max(before.wall, after.wall), max(before.cpu, after.cpu))
     bfloat16_rate = dense_matmul_gflops(args.device, dtype=torch.bfloat16).wall
-    return ModelRun(epoch, valid, rate, bfloat16_rate, peak, torch.get_num_threads())
+    assert trainer.precision is not None
+    return ModelRun(epoch, valid, rate, bfloat16_rate, peak, torch.get_num_threads(),
+                    precision_words(trainer.precision.to_dict()))
 
 
 def in_own_process(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
@@ -229,8 +234,9 @@ def main() -> None:
     for model in args.models:
         run = in_own_process(split, model, args)
         print(table_row(split, model, run), flush=True)
+        print(f"{'':8s} output layer in {run.precision}", flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {run.threads} torch threads"
-    print(f"matmul_dtype {args.matmul_dtype}; dense bfloat16 matmul {run.bfloat16_rate:.0f} GFLOP/s (the bound stays "
+    print(f"--matmul-dtype {args.matmul_dtype}; dense bfloat16 matmul {run.bfloat16_rate:.0f} GFLOP/s (the bound stays "
           f"float32's)")
     print(f"{device}; GFLOP/s: the dense float32 matmul rate the bound uses; load average now "
           f"{os.getloadavg()[0]:.1f}")

@@ -151,7 +151,7 @@ def test_bfloat16_training_is_reproducible_and_differs_from_float32(small_split:
     ("overrides", "message"),
     [
         ({"model": "multvae", "matmul_dtype": "float16"},
-         "matmul_dtype must be one of float32, bfloat16, got 'float16'"),
+         "matmul_dtype must be one of auto, float32, bfloat16, got 'float16'"),
         ({"model": "ease", "matmul_dtype": "bfloat16"}, "matmul_dtype is not a hyperparameter of ease"),
     ],
 )

@@ -76,6 +76,7 @@ def test_leaderboard_numbers_equal_the_parquet(run_dir) -> None:
         assert int(row[2]) == best["best_epoch"]
         assert row[3] == f"{best['valid_ndcg']:.4f} ± {best['valid_se']:.4f}"  # the study's metric and its SE
         assert [float(cell) for cell in row[4:8]] == [round(best[f"valid_{name}"], 4) for name in METRICS]
+        assert row[-1] == best["matmul_dtype"] == "float32"  # the output layer's precision (auto, unmeasured here)
 
 
 def test_trial_table_lists_every_trial(run_dir) -> None:

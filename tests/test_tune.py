@@ -38,6 +38,9 @@ def test_study_runs_both_models_and_its_best_checkpoint_reproduces(ray_cluster, 
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
     assert sorted(trials["model"].value_counts().items()) == [("autorec", 3), ("multvae", 3)]
     assert trials["error"].isna().all()
+    # matmul_dtype auto, settled in each trial (float32: the tiny study's products are too small to measure)
+    assert (trials["matmul_dtype"] == "float32").all() and trials["matmul_float32_gflops"].isna().all()
+    assert (trials["hp_matmul_dtype"] == "auto").all()
     stopped = trials[trials["stopped_by"] == "asha"]
     assert len(stopped) >= 1 and (stopped["epochs_run"] < 12).all()
     leaderboard = pd.read_parquet(run_dir / LEADERBOARD_FILE)

@@ -265,10 +265,11 @@ def input_dropout(values: torch.Tensor, rate: float, generator: torch.Generator 
 
 def output_product(x: torch.Tensor, layer: nn.Linear, matmul_dtype: str) -> torch.Tensor:
     """layer(x) in float32, its product taken in `matmul_dtype` (raycf.models.params.MATMUL_DTYPES): the inputs, weight
-    and bias rounded to it, the result and (through autograd's casts) the weight's gradient back in float32."""
-    if matmul_dtype == "float32":
+    and bias rounded to it, the result and (through autograd's casts) the weight's gradient back in float32. An
+    unresolved `auto` (a model built outside a Trainer, raycf.train.precision) computes in float32."""
+    if matmul_dtype != "bfloat16":
         return layer(x)
-    dtype = getattr(torch, matmul_dtype)
+    dtype = torch.bfloat16
     return F.linear(x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype)).float()
 
 
@@ -345,8 +346,7 @@ class NeuralRecommender(Recommender[NP]):
     def coarse_dtype(self) -> torch.dtype | None:
         """The precision its last layer's products may take when ranking (raycf.eval.ranking's first stage): the
         one it trained them in, or None for float32 (one exact stage)."""
-        dtype = self.params.matmul_dtype
-        return None if dtype == "float32" else getattr(torch, dtype)
+        return torch.bfloat16 if self.params.matmul_dtype == "bfloat16" else None
 
     @abstractmethod
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:

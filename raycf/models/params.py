@@ -13,7 +13,7 @@ from raycf.errors import RaycfError
 NORMALIZATIONS = ("l2", "none")
 ACTIVATIONS = ("identity", "sigmoid", "relu", "elu", "selu")
 """AutoRec's hidden and output activations (all monotone, so scores rank as the activated output)."""
-MATMUL_DTYPES = ("float32", "bfloat16")
+MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 """Neural models: the precision of the output layer's products in training (raycf.models.base.output_product)."""
 
 
@@ -123,8 +123,9 @@ class NeuralParams(ModelParams):
                                          at_least(0.0))
     normalize: str = hyperparameter("l2", "Input normalisation.", one_of(NORMALIZATIONS))
     matmul_dtype: str = hyperparameter(
-        "float32", "Precision of the output layer's training products (bfloat16: mixed precision, faster on CPUs "
-        "with AVX512-BF16 or AMX; ranking stays exact).", one_of(MATMUL_DTYPES))
+        "auto", "Precision of the output layer's training products: bfloat16 (mixed precision, faster on CPUs with "
+        "AVX512-BF16 or AMX and on recent GPUs; ranking stays exact), float32, or auto: the faster of the two, "
+        "measured at the model's product shape on its device.", one_of(MATMUL_DTYPES))
     lr: float = hyperparameter(1e-3, "Adam learning rate.", above(0.0))
     batch_size: int = hyperparameter(100, "Users per batch.", at_least(1))
 

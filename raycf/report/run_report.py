@@ -52,6 +52,7 @@ from raycf.runs.layout import (
 from raycf.runs.record import BestRecord, StudyRecord
 from raycf.runs.trials import seed_means
 from raycf.storage.location import Location, parse_results
+from raycf.train.precision import precision_words
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -224,16 +225,29 @@ def noise_text(leaderboard: pd.DataFrame, selection: Selection) -> str:
     return " ".join(sentences)
 
 
+def output_layer(trial: pd.Series) -> str:
+    """A neural trial's output-layer precision, how it was chosen and the rates measured; "-" for a fitted model
+    (or a run of a release that did not record it)."""
+    if pd.isna(trial.get("matmul_dtype")):
+        return "-"
+    measured = pd.notna(trial.get("matmul_float32_gflops"))
+    return precision_words({"matmul_dtype": trial["matmul_dtype"],
+                            "requested": json.loads(trial["config"]).get("matmul_dtype", "float32"),
+                            **({"float32_gflops": trial["matmul_float32_gflops"],
+                                "bfloat16_gflops": trial["matmul_bfloat16_gflops"]} if measured else {})})
+
+
 def leaderboard_section(run: Run, varying: dict[str, list[str]]) -> list[str]:
     """Best trial per model, best first, the study's metric with its per-user standard error."""
     selection = run.selection
     extra = [name for name in selection.reported if name not in METRICS and f"valid_{name}" in run.leaderboard]
     header = ["model", "trial_id", "best_epoch", f"{selection.label} ± SE",
-              *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS), *extra, "key hyperparameters"]
+              *(f"{METRIC_LABELS[name]}@{VALID_K}" for name in METRICS), *extra, "key hyperparameters",
+              "output layer"]
     rows = [[row["model"], row["trial_id"], str(row["best_epoch"]),
              with_error(row[selection.key], row.get("valid_se", float("nan"))),
              *(number(row[f"valid_{name}"]) for name in [*METRICS, *extra]),
-             key_hyperparameters(row, varying[row["model"]])]
+             key_hyperparameters(row, varying[row["model"]]), output_layer(row)]
             for _, row in run.leaderboard.iterrows()]
     chosen = ("by their mean validation metric over the robust selection's seeds (see below)"
               if "select_mean" in run.leaderboard else f"by validation {selection.label}")

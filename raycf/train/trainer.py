@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import tempfile
 import time
@@ -34,6 +35,7 @@ from raycf.runs.layout import CHECKPOINT_NAME, METRICS_FILE, SPLIT_DIR
 from raycf.storage.atomic import PendingOutput
 from raycf.storage.location import Location
 from raycf.train.memory import check_fit_memory
+from raycf.train.precision import PrecisionChoice, ProductShape, check_bfloat16_runs, precision_words, resolve_precision
 
 K = REPORT_K
 
@@ -63,6 +65,8 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[EpochReport] = field(default_factory=list)
+    precision: PrecisionChoice | None = None
+    """A neural model's output-layer precision: asked, chosen, measured."""
 
 
 class Trainer:
@@ -79,6 +83,8 @@ class Trainer:
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.model = build_model(config, split.n_items).to(self.device)
+        self.precision = self.resolve_precision()
+        """The output layer's precision: asked, chosen and measured (raycf.train.precision)."""
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = torch.optim.Adam(self.model.parameter_groups(), lr=self.model.params.lr, fused=True) \
             if isinstance(self.model, NeuralRecommender) else None
@@ -95,6 +101,22 @@ class Trainer:
         self.best_epoch = 0
         self.best_valid: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
+
+    def resolve_precision(self) -> PrecisionChoice | None:
+        """A neural model's `matmul_dtype` settled (`auto` measured at its output layer's shape), and the model and
+        config set to it; None for a fitted model."""
+        if not isinstance(self.model, NeuralRecommender):
+            return None
+        params = self.model.params
+        shape = ProductShape(params.batch_size, self.model.decoder.in_features, self.split.n_items)
+        choice = resolve_precision(params.matmul_dtype, shape, self.device.type)
+        self.use_matmul_dtype(choice.matmul_dtype)
+        return choice
+
+    def use_matmul_dtype(self, matmul_dtype: str) -> None:
+        """Train (and checkpoint) in `matmul_dtype` from now on."""
+        params = dataclasses.replace(self.model.params, matmul_dtype=matmul_dtype)
+        self.config = self.model.config = dataclasses.replace(self.config, params=params)
 
     @property
     def best_value(self) -> float:
@@ -183,9 +205,14 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_valid": self.best_valid,
             "best_state": None if self.best_epoch == self.epoch else self.best_state,
+            "matmul_dtype": self.model.params.matmul_dtype if self.precision is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.precision is not None and state.get("matmul_dtype") is not None:
+            # a resumed run goes on in the precision it started in
+            self.precision = dataclasses.replace(self.precision, matmul_dtype=state["matmul_dtype"])
+            self.use_matmul_dtype(state["matmul_dtype"])
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the model's device
@@ -223,13 +250,14 @@ def train(
         if on_epoch is not None:
             on_epoch(report)
     return TrainResult(
-        config=config,
+        config=trainer.config,
         model=trainer.best_model(),
         best_epoch=trainer.best_epoch,
         best_valid=trainer.best_valid,
         epochs_run=trainer.epoch,
         seconds=time.perf_counter() - started,
         history=history,
+        precision=trainer.precision,
     )
 
 
@@ -270,6 +298,8 @@ def run_training(
         raise RaycfError(f"mask must be one of {', '.join(MASK_PROTOCOLS)}, got {mask!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise RaycfError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
+    if getattr(config.params, "matmul_dtype", None) == "bfloat16":
+        check_bfloat16_runs(device)
     split = prepare_split(data, fractions, config.seed)
     check_fit_memory(config, split.n_users, split.n_items, f"--model {config.model}")
     on_epoch = None if progress is None else (lambda report: progress(format_epoch(config, report, selection)))
@@ -277,7 +307,8 @@ def run_training(
     test = summarize(evaluate_metrics(result.model, split, "test", selection.metrics, mask=mask))
     metrics = {
         "model": config.model,
-        "config": config.to_dict(),
+        "config": result.config.to_dict(),
+        "precision": None if result.precision is None else result.precision.to_dict(),
         "k": K,
         "mask": mask,
         "selection": {"metric": selection.label, "mode": selection.mode,
@@ -327,6 +358,9 @@ def format_summary(metrics: dict[str, Any], out: str | Path) -> str:
     ]
     for part in ("valid", "test"):
         lines.append(f"{part:6s}" + "".join(f"{metrics[part][name]:13.4f}" for name in fields))
+    if metrics.get("precision"):
+        lines.append(f"output layer in {precision_words(metrics['precision'])}")
     given = "fold-in" if metrics.get("scheme") == "users" else metrics["mask"]
     lines.append(f"test ranks exclude {given} items; outputs in {out}")
     return "\n".join(lines)
+

@@ -42,6 +42,7 @@ from raycf.runs.trials import rank_trials, seed_means
 from raycf.storage.location import Location, parquet_bytes
 from raycf.study.memory import check_study_memory
 from raycf.study.schema import Study
+from raycf.train.precision import PRECISION_COLUMNS
 from raycf.train.trainer import Trainer
 from raycf.tune.asha import PerModelASHA
 from raycf.tune.console import progress_reporter
@@ -132,6 +133,7 @@ def run_trial(
             **{f"valid_{name}": valid[name] for name in selection.reported},
             **{f"best_valid_{name}": trainer.best_valid[name] for name in selection.reported},
             "best_valid_se": trainer.best_valid.get(f"{selection.field}_se", float("nan")),
+            **({} if trainer.precision is None else trainer.precision.results()),
         }
         regular = checkpoint_every is not None and report.epoch % checkpoint_every == 0
         if not (report.improved or trainer.finished or regular):
@@ -370,6 +372,7 @@ def trial_table(location: Location, record: StudyRecord, results: tune.ResultGri
             "error": str(result.error).splitlines()[0][:300] if result.error else None,
             "retries": int(retries.get(Path(result.path).name, 0)),
             "node_id": metrics.get("node_id"),
+            **{name: metrics.get(name) for name in PRECISION_COLUMNS},
             "config": json.dumps(config, sort_keys=True),
             **{f"hp_{key}": value for key, value in config.items() if key != "model"},
         }
