@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import evaluate_scores
+from conftest import evaluate_scores, run_raycf
 
 from raycf.eval.metrics import (
     ALL_METRICS,
@@ -81,6 +83,8 @@ EXPECTED_MORE = {
     "hit_rate": [1.0, 1.0, math.nan, 1.0],
     # u0: (1/1 + 2/3) / min(2, 3); u1: (1/3) / 1; u3: (1/2) / 1.
     "map": [(1 + 2 / 3) / 2, 1 / 3, math.nan, 0.5],
+    # hits / min(3, held out): 2 / 2, 1 / 1, -, 1 / 1.
+    "recall_capped": [1.0, 1.0, math.nan, 1.0],
 }
 
 
@@ -185,7 +189,7 @@ def test_user_metrics_shape_mismatch() -> None:
         user_metrics(np.zeros((2, 3), bool), np.array([1, 1]), 4)
 
 
-def test_user_metrics_all_six_on_the_tiny_example() -> None:
+def test_user_metrics_every_metric_on_the_tiny_example() -> None:
     per_user = user_metrics(np.array(EXPECTED_HITS), np.array([2, 1, 0, 1]), K, ALL_METRICS)
     assert list(per_user) == list(ALL_METRICS)
     for name, expected in {**EXPECTED, **EXPECTED_MORE}.items():
@@ -215,6 +219,41 @@ def test_map_and_hit_rate_hand_worked_for_one_user() -> None:
     assert all(np.isnan(v[0]) for v in user_metrics(np.zeros((1, 5), bool), np.array([0]), 5, names).values())
 
 
+def test_recall_capped_divides_by_k_where_more_items_are_held_out() -> None:
+    """Liang et al.'s Recall@k: hits / min(k, n_heldout); raycf's recall: hits / n_heldout."""
+    hits = np.array([[True, False, True, False, True], [False, True, False, False, False],
+                     [False] * 5, [True, True, False, False, False]])
+    n_heldout = np.array([10, 2, 0, 4])
+    at5 = user_metrics(hits, n_heldout, 5, ("recall", "recall_capped"))
+    # 3 hits of 10: 3/10 against 3/5; 1 of 2: 1/2 both; 2 of 4: 2/4 both (4 < k).
+    np.testing.assert_allclose(at5["recall"], [0.3, 0.5, math.nan, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(at5["recall_capped"], [0.6, 0.5, math.nan, 0.5], rtol=1e-12)
+    at3 = metrics_at(hits, n_heldout, parse_metric_list("recall@3,recall_capped@3"))
+    # top 3: 2 hits of 10 -> 2/3 capped; 1 of 2 -> 1/2; 2 of 4 -> 2/3 capped, 2/4 not.
+    np.testing.assert_allclose(at3["recall@3"], [0.2, 0.5, math.nan, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(at3["recall_capped@3"], [2 / 3, 0.5, math.nan, 2 / 3], rtol=1e-12)
+    assert MetricAt.parse("recall_capped@20").field == "recall_capped@20"
+    assert MetricAt.parse("recall_capped").field == "recall_capped@5"  # not one of the bare P/R/NDCG/MRR@5
+    assert Selection.parse("recall_capped@20").key == "valid_recall_capped@20"
+
+
+def test_recall_capped_selects_and_reports_in_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`raycf train` on held-out users picks its best epoch by recall_capped@10 and reports both recalls @20."""
+    out = tmp_path / "run"
+    assert run_raycf("train", "--model", "pop", "--dataset", "synthetic", "--scheme", "users", "--heldout-users", "30",
+                     "--metric", "recall_capped@10", "--report-metrics", "recall@20,recall_capped@20",
+                     "--out", str(out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selection"] == {"metric": "recall_capped@10", "mode": "max",
+                                    "report_metrics": ["recall@20", "recall_capped@20"]}
+    for part in ("valid", "test"):
+        values = metrics[part]
+        assert values["recall_capped@20"] >= values["recall@20"] > 0 and 0 < values["recall_capped@10"] <= 1
+    assert "recall_capped@10_se" in metrics["valid"]
+    header = next(line for line in capsys.readouterr().out.splitlines() if "recall_capped@20" in line)
+    assert header.split()[-3:] == ["recall_capped@10", "recall@20", "recall_capped@20"]  # one column each
+
+
 def test_user_metrics_unknown_name() -> None:
     with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]; expected names from precision, .*, map"):
         user_metrics(np.zeros((1, 2), bool), np.array([1]), 2, ("ndcg", "auc"))
@@ -233,8 +272,8 @@ def test_metric_at_parse_and_label(text: str, expected: MetricAt) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("foo@5", "unknown metric 'foo@5'; use name@k with name one of precision, recall, ndcg, mrr, hit_rate, map "
-              "(e.g. recall@20)"),
+    ("foo@5", "unknown metric 'foo@5'; use name@k with name one of precision, recall, ndcg, mrr, hit_rate, map, "
+              "recall_capped (e.g. recall@20)"),
     ("", "unknown metric ''; use name@k"),
     ("Recall@5", "unknown metric 'Recall@5'"),
     ("recall @5", "unknown metric 'recall @5'"),
@@ -245,6 +284,8 @@ def test_metric_at_parse_and_label(text: str, expected: MetricAt) -> None:
     ("map@x", "metric 'map@x': k must be an integer >= 1"),
     ("map@\u00b2", "k must be an integer >= 1"),
     ("recall@20@5", "metric 'recall@20@5': k must be an integer >= 1"),
+    ("recall_capped@0", "metric 'recall_capped@0': k must be an integer >= 1 (e.g. recall_capped@10)"),
+    ("recall_caped@20", "unknown metric 'recall_caped@20'; use name@k with name one of "),
 ])
 def test_metric_at_parse_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
@@ -465,7 +506,7 @@ def test_random_cross_check_against_reference(seed: int, k: int) -> None:
 def brute_force(
     scores: np.ndarray, known: list[set[int]], heldout: list[set[int]], k: int
 ) -> dict[str, list[float]]:
-    """All six metrics at k, one user at a time: rank candidates by score, ties to the lower index."""
+    """Every metric at k, one user at a time: rank candidates by score, ties to the lower index."""
     out: dict[str, list[float]] = {name: [] for name in ALL_METRICS}
     for s, kn, ho in zip(scores, known, heldout):
         if not ho:
@@ -486,6 +527,7 @@ def brute_force(
         out["mrr"].append(1 / first if first else 0.0)
         out["hit_rate"].append(1.0 if n_hits else 0.0)
         out["map"].append(ap / min(len(ho), k))
+        out["recall_capped"].append(n_hits / min(len(ho), k))
     return out
 
 

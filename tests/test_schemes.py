@@ -76,6 +76,26 @@ def test_users_split_round_trips_through_its_parquet_files(tmp_path) -> None:
         assert pairs(loaded, part) == pairs(split, part)
 
 
+@pytest.mark.parametrize(("fold_in", "test_prop"), [(0.8, 0.2), (0.9, 0.1)])
+def test_users_scheme_predicts_as_many_items_as_the_papers_preprocessing(fold_in: float, test_prop: float) -> None:
+    """Liang et al.'s public preprocessing (split_train_test_proportion, also Steck's EASE) predicts
+    int(test_prop * n) of a held-out user's n items (those the training users have) and folds in the rest."""
+    # user u has items 0 .. u % 40: every size from 1 to 40, and training users that have all 40 items
+    records = [(u, i) for u in range(200) for i in range(u % 40 + 1)]
+    split = split_users(frame_of(records), heldout_users=50, fold_in=fold_in, seed=5)
+    assert sum(split.manifest["dropped"].values()) == 0
+    sizes = set()
+    for part in ("valid", "test"):
+        predicted = np.diff(getattr(split, part).indptr)
+        folded = np.diff(getattr(split, f"{part}_fold_in").indptr)
+        held_out = (predicted + folded) > 0
+        assert held_out.sum() == 50
+        for n, count in zip(predicted[held_out] + folded[held_out], predicted[held_out]):
+            assert count == int(test_prop * n), (part, n)
+        sizes |= set((predicted + folded)[held_out].tolist())
+    assert len(sizes) > 30  # most sizes from 1 to 40 occur among the held-out users
+
+
 @pytest.mark.parametrize(("heldout", "fold_in", "message"), [
     (4, 0.8, r"4 validation \+ 4 test users held out of 8 users leaves no training user; hold out fewer users"),
     (0.5, 0.8, r"4 validation \+ 4 test users held out of 8 users"),

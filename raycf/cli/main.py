@@ -210,7 +210,7 @@ def cli() -> None:
               help="Items masked when ranking for the test metrics.")
 @click.option("--metric", "selection", default="ndcg@5", show_default=True, callback=parse_selection,
               help="Validation metric that picks the best epoch and counts patience: name@k (precision, recall, "
-                   "ndcg, mrr, hit_rate, map).")
+                   "ndcg, mrr, hit_rate, map, recall_capped).")
 @click.option("--report-metrics", "report", default="", callback=parse_metrics, metavar="recall@20,ndcg@100",
               help="More metrics to report on validation and test (they decide nothing).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,

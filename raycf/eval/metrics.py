@@ -21,8 +21,9 @@ REPORT_K = 5
 """Every run reports validation and test P/R/NDCG/MRR at this k (the write-up's), whatever it selects on."""
 METRICS = ("precision", "recall", "ndcg", "mrr")
 """The metrics every run reports at REPORT_K."""
-ALL_METRICS = (*METRICS, "hit_rate", "map")
-"""Every metric computable at any k (hit_rate: any hit in the top k; map: average precision at k)."""
+ALL_METRICS = (*METRICS, "hit_rate", "map", "recall_capped")
+"""Every metric computable at any k (hit_rate: any hit in the top k; map: average precision at k; recall_capped:
+hits / min(k, n_heldout), the Recall@k of Liang et al. 2018 and Steck 2019, where `recall` is hits / n_heldout)."""
 MODES = ("max", "min")
 FIXED_POINT_BITS = 60  # metric values in [0, 1] are summed as whole multiples of 2**-60
 _GROUPS = 32  # top_k: column groups whose maxima are ranked first (see _largest)
@@ -273,6 +274,7 @@ def user_metrics(
     formulas: dict[str, Callable[[], Any]] = {
         "precision": lambda: n_hits / k,
         "recall": lambda: n_hits / n_heldout,
+        "recall_capped": lambda: n_hits / best,
         "ndcg": lambda: (hits @ discount) / np.cumsum(discount)[best - 1],
         "mrr": lambda: np.where(hits.any(axis=1), 1.0 / (hits.argmax(axis=1) + 1), 0.0),
         "hit_rate": lambda: hits.any(axis=1).astype(np.float64),

@@ -25,7 +25,8 @@ Every key except `name`, `data` and `models` is optional, with the default shown
       split: [0.6, 0.2, 0.2]    # train, valid, test: three numbers > 0 that sum to 1 (records and time)
     report_metrics: []          # more metrics every trial reports (e.g. [recall@20, recall@50, ndcg@100]);
                                 # they decide nothing
-    metric: ndcg@5              # name@k, name one of precision | recall | ndcg | mrr | hit_rate | map
+    metric: ndcg@5              # name@k, name one of precision | recall | ndcg | mrr | hit_rate | map |
+                                # recall_capped (hits / min(k, held-out items): the papers' Recall@k)
                                 # (a bare name: k=5);
                                 # picks each trial's best epoch, its patience, ASHA and the leaderboard
     mode: max                   # max | min

@@ -351,13 +351,15 @@ def format_summary(metrics: dict[str, Any], out: str | Path) -> str:
     """A few lines: the run, its best epoch, and validation and test metrics at k."""
     k = metrics["k"]
     fields = [*METRICS, *(name for name in metrics["test"] if "@" in name)]  # then the other k's, e.g. recall@20
+    labels = [name if "@" in name else f"{name}@{k}" for name in fields]
+    width = max(13, *(len(label) + 2 for label in labels))  # recall_capped@20 is wider than the numbers
     lines = [
         (f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
          f" ({metrics['seconds']:.1f}s)"),
-        f"{'':6s}" + "".join(f"{name if '@' in name else name + '@' + str(k):>13s}" for name in fields),
+        f"{'':6s}" + "".join(f"{label:>{width}s}" for label in labels),
     ]
     for part in ("valid", "test"):
-        lines.append(f"{part:6s}" + "".join(f"{metrics[part][name]:13.4f}" for name in fields))
+        lines.append(f"{part:6s}" + "".join(f"{metrics[part][name]:{width}.4f}" for name in fields))
     if metrics.get("precision"):
         lines.append(f"output layer in {precision_words(metrics['precision'])}")
     given = "fold-in" if metrics.get("scheme") == "users" else metrics["mask"]
