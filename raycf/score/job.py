@@ -155,7 +155,7 @@ class Scorer:
             "user_id": batch["user_id"],
             "n_test": pa.array(n_test.astype(np.int32)),
             "hits": pa.array(hits.sum(axis=1).astype(np.int32)),
-            **{name: pa.array(values) for name, values in per_user.items()},
+            **{name: pa.array(values, mask=n_test == 0) for name, values in per_user.items()},  # null: no test item
             "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(self.item_ids[top[valid_slot]])),
             "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(top_scores[valid_slot].astype(np.float32))),
             "node_id": pa.array([self.node_id] * batch.num_rows),
