@@ -27,15 +27,20 @@ from mlflow.tracking import MlflowClient
 from raycf.errors import RaycfError
 from raycf.integrations.mlflow_runs import (
     PARENT_TAG,
+    TAG_BEST_EPOCH,
     TAG_ROLE,
     TAG_RUN,
+    TAG_STOPPED_BY,
     TAG_TRIAL,
     check_tracking,
     log_artifacts,
+    log_scoring,
     mlflow_name,
     probe,
 )
 from raycf.integrations.tune_loggers import tracking_callbacks
+from raycf.models.config import RUN_FIELDS
+from raycf.models.registry import model_class
 from raycf.runs.layout import BEST_FILE
 from raycf.storage.location import Location, parse_results
 from raycf.study.schema import TrackingSpec, apply_overrides, load_study
@@ -43,6 +48,9 @@ from raycf.tune.driver import LEADERBOARD_FILE, STUDY_FILE, TRIALS_FILE, study_r
 
 REPORTED = ("valid_precision", "valid_recall", "valid_ndcg", "valid_mrr", "valid_recall@20")
 """The validation metrics every trial of the tracked study reports each epoch."""
+TUNE_BOOKKEEPING = {"pid", "done", "should_checkpoint", "iterations_since_restore", "timestamp", "training_iteration",
+                    "time_total_s", "time_this_iter_s", "time_since_restore"}
+"""What Ray Tune adds to every result: never an MLflow metric of a trial."""
 TRACKED_STUDY = TINY_STUDY + "report_metrics: [recall@20]\ntracking: {tensorboard: true}\n"
 
 
@@ -125,6 +133,10 @@ def test_every_trials_parameters_and_validation_metrics_reach_mlflow(tracked: Tr
         assert params["model"] == trial["model"] and params["hidden"] == "16" and params["lr"] == "0.01"
         searched = "beta" if trial["model"] == "multvae" else "l2"
         assert float(params[searched]) == trial[f"hp_{searched}"]
+        assert set(params) == {*RUN_FIELDS, *model_class(trial["model"]).Params.names()}  # its own model's only
+        assert not set(run.data.metrics) & TUNE_BOOKKEEPING, set(run.data.metrics) & TUNE_BOOKKEEPING
+        assert run.data.tags[TAG_STOPPED_BY] == trial["stopped_by"]
+        assert run.data.tags[TAG_BEST_EPOCH] == str(trial["best_epoch"])
         results = reported_epochs(tracked.run_dir, trial["trial_id"])
         assert [result["epoch"] for result in results] == list(range(1, trial["epochs_run"] + 1))
         for key in (*REPORTED, "epoch", "train_seconds", "best_valid_ndcg"):
@@ -170,6 +182,39 @@ def test_report_and_scoring_summary_are_logged_on_the_parent_run(tracked: Tracke
     assert [artifact.path for artifact in client.list_artifacts(parent.info.run_id, "scores")] == [
         "scores/summary.json"]
     assert capsys.readouterr().err.count("raycf: warning") == 0
+
+
+def test_two_scorings_of_two_models_keep_both_summaries_and_test_metrics(tracked: TrackedRun,
+                                                                         tmp_path: Path) -> None:
+    """Each `raycf score` output under its own artifact directory, its test metrics on the parent run (named by
+    model) and on the scored trial's run (at step = the checkpoint's epoch)."""
+    client = MlflowClient(tracked.uri)
+    parent, children = study_runs(client, "tracked")
+    summaries = {}
+    for model in ("multvae", "autorec"):
+        out = tracked.run_dir / f"scores-{model}"
+        assert run_raycf("score", str(tracked.run_dir), "--model", model, "--out", str(out), "--actors", "1") == 0
+        summaries[model] = json.loads((out / "summary.json").read_text())
+    parent = client.get_run(parent.info.run_id)
+    for model, summary in summaries.items():
+        assert summary["model"] == model
+        listed = [artifact.path for artifact in client.list_artifacts(parent.info.run_id, f"scores-{model}")]
+        assert sorted(listed) == [f"scores-{model}/summary.json", f"scores-{model}/summary.parquet"]
+        local = client.download_artifacts(parent.info.run_id, f"scores-{model}/summary.json", str(tmp_path))
+        assert json.loads(Path(local).read_text()) == summary
+        labels = {"precision@5": "precision", "recall@5": "recall", "ndcg@5": "ndcg", "mrr@5": "mrr",
+                  "recall@20": "recall@20"}
+        for label, key in labels.items():
+            name = mlflow_name(f"test_{label}_{model}")  # test_ndcg_at_5_multvae
+            assert parent.data.metrics[name] == pytest.approx(summary[key]), name
+        (scored,) = [run for run in children if run.data.tags[TAG_TRIAL] == summary["trial_id"]]
+        for label, key in labels.items():
+            (point,) = client.get_metric_history(scored.info.run_id, mlflow_name(f"test_{label}"))
+            assert point.value == pytest.approx(summary[key]) and point.step == summary["checkpoint_epoch"]
+    scored_ids = {summary["trial_id"] for summary in summaries.values()}
+    for run in children:
+        tested = {name for name in client.get_run(run.info.run_id).data.metrics if name.startswith("test_")}
+        assert bool(tested) == (run.data.tags[TAG_TRIAL] in scored_ids), (run.data.tags[TAG_TRIAL], tested)
 
 
 def test_tensorboard_event_files_in_every_trial_directory(tracked: TrackedRun) -> None:
@@ -344,3 +389,7 @@ def test_logging_to_a_run_without_tracking_or_an_unreachable_server(tmp_path: Pa
     assert log_artifacts(str(tmp_path / "plain"), ["report.html"]) is None
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"raycf: warning: report.html not logged to MLflow: {uri}")
+    scores = Location.of(str(tmp_path / "plain" / "scores"), "")
+    assert log_scoring(plain, scores, ["summary.json"], {"ndcg@5": 0.3}, "pop", "t1", 1) is None
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"raycf: warning: summary.json not logged to MLflow: {uri}")

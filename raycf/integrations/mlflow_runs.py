@@ -4,15 +4,17 @@ logged by Ray Tune's logger callbacks (raycf.integrations.tune_loggers).
 
 MLflow (a tracking server, http(s)://, or a local database, sqlite:///PATH). The experiment is named after
 the study; each run directory gets a parent run named after it (tags `raycf_role` = `study`, `raycf_study`,
-`raycf_run`), created before the first trial starts. Every trial is a child run (Ray Tune's
-`MLflowLoggerCallback`, tags `mlflow.parentRunId`, `raycf_study`, `raycf_run`, `raycf_trial_id`, `raycf_model`)
-whose parameters are the trial's TrainConfig fields and whose metrics are
-every numeric value of every result it reported (`valid_ndcg`, `valid_recall@20`, `train_seconds`, ...)
-at step = its epoch. MLflow refuses `@` in a name: `valid_recall@20` is logged as `valid_recall_at_20`.
+`raycf_run`), created before the first trial starts. Every trial is a child run (tags `mlflow.parentRunId`,
+`raycf_study`, `raycf_run`, `raycf_trial_id`, `raycf_model`) whose parameters are its TrainConfig fields (the
+run fields and its own model's hyperparameters) and whose metrics are what the trial reported (`valid_ndcg`,
+`valid_recall@20`, `best_valid_ndcg`, `train_seconds`, `epoch`, ...; none of Tune's bookkeeping) at step = its
+epoch. MLflow refuses `@` in a name: `valid_recall@20` is logged as `valid_recall_at_20`.
 When the study ends (`finish` in raycf/tune/driver.py, after a `--resume` too) the parent run gets study.json,
 leaderboard.parquet, best.json and trials.parquet (and the repeat and selection files the study made) as
-artifacts, the best trial's validation metrics as `best_valid_*` metrics, and ends. `raycf score` and
-`raycf report` add the scoring summary and report.html to it (`log_artifacts`).
+artifacts, the best trial's validation metrics as `best_valid_*` metrics, each trial's run the tags
+`stopped_by` and `best_epoch` (from trials.parquet), and ends. `raycf score` adds each output's summary under
+an artifact directory named after the output, and its test metrics (`log_scoring`); `raycf report` adds
+report.html (`log_artifacts`).
 
 TensorBoard. Ray Tune's `TBXLoggerCallback` writes event files into each trial's directory (Ray Tune
 adds it by itself whenever tensorboardX is installed; `tensorboard: true` makes sure of it).
@@ -40,7 +42,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raycf.errors import RaycfError
 from raycf.runs.layout import (
@@ -59,6 +64,8 @@ STUDY_ARTIFACTS = (STUDY_FILE, LEADERBOARD_FILE, BEST_FILE, TRIALS_FILE, REPEATS
 """Run directory files logged on the parent run when a study ends (those that exist)."""
 TAG_STUDY, TAG_RUN, TAG_ROLE = "raycf_study", "raycf_run", "raycf_role"
 TAG_TRIAL, TAG_MODEL = "raycf_trial_id", "raycf_model"
+TAG_STOPPED_BY, TAG_BEST_EPOCH = "stopped_by", "best_epoch"
+"""Tags of a trial's run, set when the study ends: its trials.parquet columns of the same names."""
 PARENT_ROLE = "study"
 PARENT_TAG = "mlflow.parentRunId"
 PROBE_TIMEOUT_S = 5.0
@@ -198,10 +205,19 @@ def warn(message: str) -> None:
     print(f"raycf: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _parent_of(run: Location, what: str) -> tuple[Any, str, StudyRecord, str] | None:
-    """(client, parent run id, study record, tracking URI) of a `raycf tune` run directory whose study.json asks
-    for MLflow tracking (its parent run is created if missing); None without tracking, or with one warning line
-    when the parent run cannot be reached (no mlflow package, no server answering, an MLflow error)."""
+class ParentRun(NamedTuple):
+    """The MLflow parent run of a tracked `raycf tune` run directory, and how to reach it."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+    uri: str
+
+
+def _parent_of(run: Location, what: str) -> ParentRun | None:
+    """The MLflow parent run of a `raycf tune` run directory whose study.json asks for MLflow tracking (created
+    if missing); None without tracking, or with one warning line when the parent run cannot be reached (no
+    mlflow package, no server answering, an MLflow error)."""
     try:
         record = StudyRecord.read(run)
     except (OSError, ValueError, KeyError, TypeError):
@@ -228,7 +244,7 @@ def _parent_of(run: Location, what: str) -> tuple[Any, str, StudyRecord, str] | 
     except Exception as error:  # noqa: BLE001 - the outputs are written; tracking never fails a command
         warn(f"{what} not logged to MLflow ({uri}): {first_line(error)}")
         return None
-    return client, parent, record, uri
+    return ParentRun(client, parent, experiment_id, uri)
 
 
 def log_artifacts(run_location: Location | str, files: Iterable[str], source: Location | None = None,
@@ -243,23 +259,21 @@ def log_artifacts(run_location: Location | str, files: Iterable[str], source: Lo
     found = _parent_of(run, what)
     if found is None:
         return None
-    client, parent, _, uri = found
-    if _log_files(client, parent, source or run, names, artifact_path, what, uri):
-        return parent
+    if _log_files(found, source or run, names, artifact_path, what):
+        return found.run_id
     return None
 
 
-def _log_files(client: Any, parent: str, source: Location, names: list[str], artifact_path: str | None, what: str,
-               uri: str) -> bool:
+def _log_files(parent: ParentRun, source: Location, names: list[str], artifact_path: str | None, what: str) -> bool:
     try:
         with tempfile.TemporaryDirectory() as local:
             for name in names:
                 path = Path(local) / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(source.read_bytes(name))
-                client.log_artifact(parent, str(path), artifact_path=_artifact_dir(artifact_path, name))
+                parent.client.log_artifact(parent.run_id, str(path), artifact_path=_artifact_dir(artifact_path, name))
     except Exception as error:  # noqa: BLE001 - the outputs are written; tracking never fails a command
-        warn(f"{what} not logged to MLflow ({uri}): {first_line(error)}")
+        warn(f"{what} not logged to MLflow ({parent.uri}): {first_line(error)}")
         return False
     return True
 
@@ -272,28 +286,99 @@ def _artifact_dir(artifact_path: str | None, name: str) -> str | None:
 
 def log_study(location: Location, record: StudyRecord) -> None:
     """After a study (raycf/tune/driver.py `finish`): its result files on its MLflow parent run, the best trial's
-    validation metrics as the parent's `best_valid_*` metrics, the parent run ended, and one line saying where.
+    validation metrics as the parent's `best_valid_*` metrics, each trial's run tagged with how it ended and its
+    best epoch (trials.parquet's `stopped_by` and `best_epoch`), the parent run ended, and one line saying where.
     Nothing for a study without MLflow tracking."""
     if not record.mlflow:
         return
     names = [name for name in STUDY_ARTIFACTS if location.has(name)]
     what = ", ".join(names)
-    found = _parent_of(location, what)
-    if found is None:
-        return
-    client, parent, _, uri = found
-    if not _log_files(client, parent, location, names, None, what, uri):
+    parent = _parent_of(location, what)
+    if parent is None or not _log_files(parent, location, names, None, what):
         return
     try:
-        from mlflow.entities import Metric
-
         best = BestRecord.read(location)
-        now = int(time.time() * 1000)
-        client.log_batch(parent, metrics=[Metric(mlflow_name(f"best_valid_{key}"), float(value), now, 0)
-                                          for key, value in (best.valid if best else {}).items()
-                                          if isinstance(value, (int, float)) and math.isfinite(value)])
-        client.set_terminated(parent, status="FINISHED")
+        valid = {f"best_valid_{key}": value for key, value in (best.valid if best else {}).items()}
+        parent.client.log_batch(parent.run_id, metrics=_metrics(valid, step=0))
+        if location.has(TRIALS_FILE):
+            _tag_trial_runs(parent, location.read_bytes(TRIALS_FILE))
+        parent.client.set_terminated(parent.run_id, status="FINISHED")
     except Exception as error:  # noqa: BLE001 - the study's outputs are written
-        warn(f"the end of the study not logged to MLflow ({uri}): {first_line(error)}")
+        warn(f"the end of the study not logged to MLflow ({parent.uri}): {first_line(error)}")
         return
-    print(f"mlflow: experiment {record.name!r}, parent run {parent} ({uri})", flush=True)
+    print(f"mlflow: experiment {record.name!r}, parent run {parent.run_id} ({parent.uri})", flush=True)
+
+
+def _tag_trial_runs(parent: ParentRun, trials_parquet: bytes) -> None:
+    """Tag each trial's child run `stopped_by` and `best_epoch`, from the study's trials.parquet (its bytes)."""
+    from mlflow.entities import RunTag
+
+    columns = ["trial_id", TAG_STOPPED_BY, TAG_BEST_EPOCH]
+    rows = pq.read_table(pa.BufferReader(trials_parquet), columns=columns).to_pylist()
+    endings = {row["trial_id"]: row for row in rows}
+    for run in _child_runs(parent):
+        row = endings.get(run.data.tags.get(TAG_TRIAL))
+        if row is not None:
+            parent.client.log_batch(run.info.run_id, tags=[RunTag(TAG_STOPPED_BY, str(row[TAG_STOPPED_BY])),
+                                                           RunTag(TAG_BEST_EPOCH, str(row[TAG_BEST_EPOCH]))])
+
+
+def _child_runs(parent: ParentRun, trial_id: str | None = None) -> list[Any]:
+    """The trial runs under `parent` (only trial `trial_id`'s, when given), every page of them."""
+    query = f"tags.`{PARENT_TAG}` = {quoted(parent.run_id)}"
+    if trial_id is not None:
+        query += f" and tags.{TAG_TRIAL} = {quoted(trial_id)}"
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=1000,
+                                         page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _metrics(values: dict[str, Any], step: int) -> list[Any]:
+    """MLflow metrics (names through `mlflow_name`) of the finite numbers among `values`, at `step`."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(mlflow_name(key), float(value), now, step) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+
+
+def output_artifact_dir(run: Location, out: Location) -> str:
+    """The artifact directory of output `out` of run directory `run`: its path relative to the run directory
+    when it lies inside (`scores`, `scores-ease`), else its whole path without the leading `/`
+    (`tmp/x/scores`; on an object store `bucket/x/scores`). Two outputs never share one."""
+    base = run.path.rstrip("/") + "/"
+    inside = type(out.filesystem) is type(run.filesystem) and out.path.startswith(base)
+    return out.path[len(base):] if inside else out.path.strip("/")
+
+
+def log_scoring(run: Location, out: Location, files: list[str], metrics: dict[str, float], model: str,
+                trial_id: str | None, epoch: int | None) -> str | None:
+    """After `raycf score` committed output `out` of the tracked run directory `run`: its summary `files` on the
+    study's MLflow parent run, under the output's own artifact directory (`output_artifact_dir`), and its test
+    `metrics` (by label: `ndcg@5`, `recall@20`) as metrics `test_<label>_<model>` of the parent run and
+    `test_<label>` of the scored trial's run (`trial_id`), at step = the checkpoint's `epoch` (MLflow keeps every
+    value logged, so a later scoring adds to a metric's history).
+
+    The parent run's id; None for a run without MLflow tracking. Never raises: the output is written already,
+    so a server that does not answer (or no mlflow package) is one warning line on stderr."""
+    what = ", ".join(files)
+    parent = _parent_of(run, what)
+    if parent is None or not _log_files(parent, out.current(), files, output_artifact_dir(run, out), what):
+        return None
+    step = epoch or 0
+    try:
+        by_model = {f"test_{label}_{model}": value for label, value in metrics.items()}
+        parent.client.log_batch(parent.run_id, metrics=_metrics(by_model, step))
+        for trial_run in _child_runs(parent, trial_id) if trial_id else []:
+            own = {f"test_{label}": value for label, value in metrics.items()}
+            parent.client.log_batch(trial_run.info.run_id, metrics=_metrics(own, step))
+    except Exception as error:  # noqa: BLE001 - the output is written; tracking never fails a command
+        warn(f"the test metrics of {out.uri} not logged to MLflow ({parent.uri}): {first_line(error)}")
+        return None
+    return parent.run_id

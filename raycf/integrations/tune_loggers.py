@@ -28,6 +28,7 @@ from raycf.integrations.mlflow_runs import (
     require_package,
     warn,
 )
+from raycf.models.config import TrainConfig
 from raycf.runs.record import StudyRecord
 
 
@@ -56,7 +57,6 @@ def tracking_callbacks(spec: Any, record: StudyRecord, storage: str, name: str) 
     return callbacks
 
 
-
 @functools.cache
 def _logger_class() -> type:
     """StudyMLflowLogger, built on first use: its base class imports mlflow (seconds), which a raycf without
@@ -67,10 +67,11 @@ def _logger_class() -> type:
     class StudyMLflowLogger(MLflowLoggerCallback):
         """Ray Tune's MLflowLoggerCallback, one request per event: Ray's own logs each metric and parameter with
         a request of its own (about 0.15 s each on a local server: seconds per epoch on Tune's driver), at step
-        `training_iteration`, and fails the study on a name with `@`. This one logs a result with one
-        `log_batch` at step = its epoch, the trial's TrainConfig fields as parameters, continues a trial's run
-        when the study is resumed, and stops tracking (with one warning) when the server fails, instead of
-        failing the study."""
+        `training_iteration`, Tune's bookkeeping (`pid`, `done`, `timestamp`, ...) among them, and fails the
+        study on a name with `@`. This one logs what the trial reported (`trial_metrics`) with one `log_batch`
+        at step = its epoch, the trial's TrainConfig fields (its own model's hyperparameters only) as
+        parameters, continues a trial's run when the study is resumed, and stops tracking (with one warning)
+        when the server fails, instead of failing the study."""
 
         def setup(self, *args: Any, **kwargs: Any) -> None:
             super().setup(*args, **kwargs)
@@ -118,7 +119,7 @@ def _logger_class() -> type:
                             TAG_MODEL: str(config.get("model", ""))}
                     run_id = self.client.create_run(mlflow_experiment_id(self), run_name=str(trial),
                                                      tags=tags).info.run_id
-                    params = _flat(config)
+                    params = TrainConfig.from_dict(config, where="trial", stored=True).to_dict(flat=True)
                     self.client.log_batch(run_id, params=[Param(mlflow_name(key), str(value)[:PARAM_CHARS])
                                                            for key, value in params.items()])
                 mlflow_trial_runs(self)[trial] = run_id
@@ -135,7 +136,7 @@ def _logger_class() -> type:
 
             step = int(result.get("epoch") or result.get("training_iteration") or 0)
             now = int(time.time() * 1000)
-            metrics = [Metric(mlflow_name(key), number, now, step) for key, number in _numbers(result).items()]
+            metrics = [Metric(mlflow_name(key), number, now, step) for key, number in trial_metrics(result).items()]
             for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
                 self.client.log_batch(mlflow_trial_runs(self)[trial], metrics=metrics[start:start + 1000])
 
@@ -151,7 +152,6 @@ def _logger_class() -> type:
     return StudyMLflowLogger
 
 
-
 def __getattr__(name: str) -> Any:
     """`StudyMLflowLogger` (built on first use), so that a pickled Tuner finds it by name on `--resume`."""
     if name == "StudyMLflowLogger":
@@ -159,29 +159,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-
-def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts flattened with `/` between keys, as Ray Tune flattens results."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+TRIAL_METRICS = ("epoch", "best_epoch", "train_seconds", "rss_mb")
+"""What a trial reports (raycf/tune/driver.py `run_trial`) besides its validation figures (`valid_*`,
+`best_valid_*`), by name: the result keys logged as metrics of its MLflow run."""
 
 
-
-def _numbers(result: dict[str, Any]) -> dict[str, float]:
-    """Every numeric value of a Tune result (nested ones flattened; the trial's config, logged as parameters,
-    left out) as a float."""
+def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric values a trial reported in a Tune result (TRIAL_METRICS, `valid_*`, `best_valid_*`) as floats;
+    what Tune adds (`pid`, `done`, `timestamp`, `training_iteration`, `config`, ...) left out."""
     numbers = {}
-    for key, value in _flat({k: v for k, v in result.items() if k != "config"}).items():
-        if isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, (int, float)) or (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
-            try:
-                numbers[key] = float(value)
-            except (TypeError, ValueError):
-                continue
+    for key, value in result.items():
+        if not (key in TRIAL_METRICS or key.startswith(("valid_", "best_valid_"))) or isinstance(value, str):
+            continue
+        try:
+            numbers[key] = float(value)
+        except (TypeError, ValueError):
+            continue
     return numbers

@@ -51,7 +51,7 @@ from raycf.eval.metrics import (
     user_metrics,
 )
 from raycf.eval.ranking import rank
-from raycf.integrations.mlflow_runs import log_artifacts
+from raycf.integrations.mlflow_runs import log_scoring
 from raycf.models import Recommender
 from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
 from raycf.runs.layout import (
@@ -155,7 +155,7 @@ class Scorer:
             "user_id": batch["user_id"],
             "n_test": pa.array(n_test.astype(np.int32)),
             "hits": pa.array(hits.sum(axis=1).astype(np.int32)),
-            **{name: pa.array(values) for name, values in per_user.items()},
+            **{name: pa.array(values, mask=n_test == 0) for name, values in per_user.items()},  # null: no test item
             "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(self.item_ids[top[valid_slot]])),
             "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(top_scores[valid_slot].astype(np.float32))),
             "node_id": pa.array([self.node_id] * batch.num_rows),
@@ -325,9 +325,14 @@ class ScoringJob:
                 self.output.commit()
         finally:
             self.release()
-        log_artifacts(self.target.run, [SUMMARY_JSON, SUMMARY_PARQUET], source=self.output.final.current(),
-                      artifact_path=SCORES_DIR)  # a tracked study's parent run (nothing otherwise)
+        log_scoring(self.target.run, self.output.final, [SUMMARY_JSON, SUMMARY_PARQUET], self.test_metrics(summary),
+                    self.model.name, self.target.trial_id, self.checkpoint_epoch)  # a tracked study's (else nothing)
         return ScoreResult(self.output.final.uri, summary)
+
+    def test_metrics(self, summary: dict[str, Any]) -> dict[str, float]:
+        """The summary's test metrics by label: P/R/NDCG/MRR at k (`ndcg@5`), then the report metrics."""
+        at_k = {f"{name}@{self.options.k}": summary[name] for name in METRICS}
+        return {**at_k, **{metric.label: summary[metric.label] for metric in self.options.report or ()}}
 
     def release(self) -> None:
         """Remove the staging directory (when still there) and the lock."""
