@@ -81,3 +81,49 @@ def test_load_refuses_what_is_not_a_raycf_run(tmp_path: Path) -> None:
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RaycfError, match=r"checkpoint\.pt: not a readable raycf checkpoint.*\(or train again\)$"):
         raycf.load(str(run))
+
+
+@pytest.fixture(scope="module")
+def popularity_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return raycf.load(str(trained(tmp_path_factory.mktemp("api"), "pop", "pop", DataSpec(synthetic=SYNTHETIC))))
+
+
+def test_recommend_refuses_bad_input_in_one_line(popularity_model: LoadedModel) -> None:
+    item = int(popularity_model.item_ids[0])
+    kind = rf"this model's item ids are integers \(e\.g\. {popularity_model.item_ids[0]}\)$"
+    cases = [
+        (([74, 175],), {}, r"^recommend: histories must be one collection of raw item ids per user, got a flat list "
+                           r"\(74, 175\); for one user write recommend\(\[\[74, 175\]\]\)$"),
+        (("74, 175",), {}, r"^recommend: histories must be one collection of raw item ids per user \(a list of "
+                           r"lists, or a dict of user id -> list\), got str$"),
+        (([[item, None]],), {}, rf"^recommend: histories\[0\] holds None, not an item id: {kind}"),
+        (([[item], ["abc"]],), {}, rf"^recommend: histories\[1\] holds 'abc', not an item id: {kind}"),
+        (([[item], [1.5]],), {}, rf"^recommend: histories\[1\] holds 1\.5, not an item id: {kind}"),
+        (([[item], 5],), {}, r"^recommend: histories\[1\] is 5, not a collection of raw item ids$"),
+        (([[item], "abc"],), {}, r"^recommend: histories\[1\] is 'abc', not a collection of raw item ids$"),
+        (([[item]],), {"exclude": "all"}, r"^recommend: exclude must be 'history', None, or one collection of raw "
+                                          r"item ids per user, got 'all'$"),
+        (([[item]],), {"exclude": [[None]]}, rf"^recommend: exclude\[0\] holds None, not an item id: {kind}"),
+        (([[item]],), {"k": 0}, r"^recommend: k must be an integer >= 1, got 0$"),
+        (([[item]],), {"k": "5"}, r"^recommend: k must be an integer >= 1, got '5'$"),
+        (([[item]],), {"batch_size": 2.5}, r"^recommend: batch_size must be an integer >= 1, got 2\.5$"),
+    ]
+    for args, options, message in cases:
+        with pytest.raises(RaycfError, match=message):
+            popularity_model.recommend(*args, **options)
+
+
+def test_recommend_labels_users_by_the_ids_given(popularity_model: LoadedModel) -> None:
+    items = popularity_model.item_ids
+    by_id = popularity_model.recommend({6040: [items[0]], 17: [items[1], items[2]]}, k=2).to_frame()
+    assert by_id["user"].tolist() == [6040, 6040, 17, 17] and not by_id["fallback"].any()
+    series = pd.Series([[items[3]], []], index=["ann", "bob"])
+    frame = popularity_model.recommend(series, k=2).to_frame()
+    assert frame["user"].tolist() == ["ann", "ann", "bob", "bob"]
+    assert frame["fallback"].tolist() == [False, False, True, True]
+    assert popularity_model.recommend([[items[0]], []], k=1).to_frame()["user"].tolist() == [0, 1]
+
+
+def test_the_package_lists_its_public_api() -> None:
+    assert {"load", "RaycfError"} <= set(raycf.__all__) and set(raycf.__all__) <= set(dir(raycf))
+    assert raycf.RaycfError is RaycfError and raycf.load is raycf.api.load

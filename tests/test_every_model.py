@@ -128,6 +128,7 @@ class TestEveryModel:
         out = tmp_path / "scores"
         assert run_raycf("score", str(run), "--k", str(K), "--actors", "1", "--out", str(out)) == 0
         expected = pd.read_parquet(out / "topk").sort_values(["user_id", "rank"], ignore_index=True)
+        assert expected["fallback"].dtype == bool and not expected["fallback"].any()  # every user has items
         inputs = split.inputs("score")  # what raycf score gives each user with mask "train": its train items
         rows = np.flatnonzero(np.diff(inputs.indptr))
         assert len(rows) > 0.9 * split.n_users
@@ -143,6 +144,22 @@ class TestEveryModel:
         assert frame["rank"].tolist() == expected["rank"].tolist()
         # the same scores, up to float rounding of other batch shapes (300 users here, 1,024 in the scorer)
         assert np.allclose(frame["score"], expected["score"], rtol=1e-5, atol=1e-6)
+
+    def test_a_user_without_a_known_item_gets_the_most_popular_items_flagged(self, run, split) -> None:
+        counts = split.train.getnnz(axis=0)
+        popular = np.argsort(-counts, kind="stable")  # most training users first, ties to the lower index
+        history = split.item_ids[split.inputs("score")[0].indices]
+        loaded = raycf.load(str(run))
+        recommended = loaded.recommend({"new": [], "lost": [10**12, 10**12 + 1], "known": history}, k=K,
+                                       exclude={"lost": [split.item_ids[popular[0]]], "known": history})
+        assert list(recommended.fallback) == [True, True, False] and recommended.unknown_items == 2
+        assert list(recommended.items[0]) == list(split.item_ids[popular[:K]])
+        assert list(recommended.scores[0]) == list(counts[popular[:K]].astype(np.float32))
+        assert list(recommended.items[1]) == list(split.item_ids[popular[1:K + 1]])  # its exclusion still holds
+        assert not set(recommended.items[2]) & set(history)
+        frame = recommended.to_frame()
+        assert frame["user"].tolist() == ["new"] * K + ["lost"] * K + ["known"] * K
+        assert frame["fallback"].tolist() == [True] * 2 * K + [False] * K
 
     def test_resumes_from_a_trial_checkpoint_as_if_never_stopped(self, config, split, straight, tmp_path) -> None:
         trainer, reports = straight

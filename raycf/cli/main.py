@@ -365,6 +365,44 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
     click.echo(f"scores: {out} (topk/, user_metrics/, summary.parquet, summary.json)")
 
 
+@cli.command("serve")
+@click.argument("run_dir")
+@click.option("--model", "model_name", default=None, help="Serve the best trial of this model (a tune run).")
+@click.option("--trial", default=None, help="Serve this trial id (a tune run).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface the HTTP proxy listens on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="HTTP port.")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Replicas, each holding the model.")
+@click.option("--max-batch-size", type=int, default=32, show_default=True,
+              help="Requests a replica ranks together at most (1: no batching).")
+@click.option("--cpus-per-replica", type=float, default=1.0, show_default=True)
+@click.option("--address", default=None, help="Ray cluster to deploy on (else $RAY_ADDRESS, else a local Ray).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="Write a Serve config file for `serve deploy` instead of deploying.")
+def serve_command(run_dir: str, model_name: str | None, trial: str | None, host: str, port: int, replicas: int,
+                  max_batch_size: int, cpus_per_replica: float, address: str | None, config_file: str | None) -> None:
+    """Serve RUN_DIR's best checkpoint over HTTP (Ray Serve) until Ctrl-C."""
+    from raycf.serving.deploy import AppArgs, ServeOptions, deploy, shutdown, write_config
+
+    if model_name is not None and trial is not None:
+        raise click.UsageError("--model and --trial exclude each other: give one")
+    args = AppArgs(run_dir, model_name, trial, replicas, max_batch_size, cpus_per_replica)
+    options = ServeOptions(host, port, address)
+    if config_file is not None:
+        click.echo(f"Serve config: {write_config(config_file, args, options)} (deploy it with: serve deploy "
+                   f"{config_file})")
+        return
+    serving = deploy(args, options)
+    click.echo(f"serving {run_dir} at {serving.url} (POST /recommend, POST /recommend/batch, GET /model, "
+               "GET /healthz); Ctrl-C stops it")
+    click.echo(serving.curl_example())
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        shutdown()
+        click.echo("raycf serve: stopped")
+
+
 @cli.command("report")
 @click.argument("run_dir")
 @click.option("--scores", default=None,

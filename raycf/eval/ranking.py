@@ -1,5 +1,7 @@
 """The one scoring path: a model ranks the items for a batch of users from their input rows, known items masked.
-Evaluation, `raycf score`'s actors and the Python API (`raycf.load(...).recommend`) all rank through `rank`.
+Evaluation, `raycf score`'s actors, `raycf serve` and the Python API (`raycf.load(...).recommend`) all rank through
+`rank`; the last three through `recommend_rows`, which gives a user without any input item (a cold start) the
+training set's most popular items instead, flagged.
 
 A neural model trained with `matmul_dtype: bfloat16` ranks in two stages that give the float32 ranking: its last
 layer scores every item in bfloat16 (fast), the best `candidates` of each row are rescored exactly in float32, and
@@ -9,6 +11,9 @@ score; the other rows are scored in float32 throughout.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -25,6 +30,34 @@ def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int
     """Each user's top `k` item indices (best first, ties to the lower index, -1 padded when fewer candidates)
     and their scores, the model reading `inputs` (users x items) and never ranking `known`."""
     return rank_batch(model, SparseBatch.from_csr(inputs, model.device), known, k)
+
+
+class Recommended(NamedTuple):
+    """`recommend_rows`'s result per user: top item indices (-1 padded), their scores, and whether the user had
+    no input item and got the most popular items (scored by their count of training users)."""
+
+    top: torch.Tensor
+    scores: torch.Tensor
+    fallback: np.ndarray
+
+
+def item_popularity(train: sp.csr_matrix) -> np.ndarray:
+    """Each item's count of training users (float32): the cold-start ranking, ties to the lower index."""
+    return train.getnnz(axis=0).astype(np.float32)
+
+
+def recommend_rows(
+    model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int, popularity: np.ndarray
+) -> Recommended:
+    """`rank`, except that a user whose input row is empty gets the items of highest `popularity`
+    (`item_popularity` of the training set), never ranking `known`, flagged in `fallback`."""
+    top, scores = rank(model, inputs, known, k)
+    fallback = np.diff(inputs.indptr) == 0
+    if fallback.any():
+        rows = torch.from_numpy(np.flatnonzero(fallback)).to(top.device)
+        counts = torch.as_tensor(popularity, dtype=scores.dtype, device=scores.device).repeat(len(rows), 1)
+        top[rows], scores[rows] = ranked(counts, known[rows.cpu().numpy()], k)
+    return Recommended(top, scores, fallback)
 
 
 def rank_batch(

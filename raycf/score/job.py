@@ -50,7 +50,7 @@ from raycf.eval.metrics import (
     metrics_at,
     user_metrics,
 )
-from raycf.eval.ranking import rank
+from raycf.eval.ranking import item_popularity, recommend_rows
 from raycf.integrations.mlflow_runs import log_scoring
 from raycf.models import Recommender
 from raycf.models.checkpoint import check_same_split, checkpoint_from_bytes
@@ -123,17 +123,18 @@ def lists_to_csr(column: pa.ChunkedArray | pa.Array, n_items: int) -> csr_matrix
 
 
 class Scorer:
-    """Ray Data actor: holds the model; batch of users -> top-k lists and per-user test metrics."""
+    """Ray Data actor: holds the model; batch of users -> top-k lists (the training set's most popular items for
+    a user without any input item, flagged) and per-user test metrics."""
 
     def __init__(
-        self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, k: int, mask: str, threads: int, device: str,
-        report: tuple[MetricAt, ...] = (),
+        self, checkpoint: list[ray.ObjectRef], item_ids: np.ndarray, popularity: np.ndarray, k: int, mask: str,
+        threads: int, device: str, report: tuple[MetricAt, ...] = (),
     ) -> None:
         self.model, _ = checkpoint_from_bytes(ray.get(checkpoint[0]), "checkpoint")
         torch.set_num_threads(threads)
         self.device = device
         self.model.to(device)
-        self.item_ids, self.k, self.mask, self.report = item_ids, k, mask, report
+        self.item_ids, self.popularity, self.k, self.mask, self.report = item_ids, popularity, k, mask, report
         self.depth = max([k, *(metric.k for metric in report)])
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -142,7 +143,7 @@ class Scorer:
         train = lists_to_csr(batch["train"], n_items)
         test = lists_to_csr(batch["test"], n_items)
         known = train if self.mask == "train" else (train + lists_to_csr(batch["valid"], n_items)).tocsr()
-        ranked, ranked_scores = rank(self.model, train, known, self.depth)
+        ranked, ranked_scores, fallback = recommend_rows(self.model, train, known, self.depth, self.popularity)
         top, top_scores = ranked[:, :self.k].cpu().numpy(), ranked_scores[:, :self.k].cpu().numpy()
         ranked_hits = hits_at_k(ranked.cpu().numpy(), test)
         hits = ranked_hits[:, :self.k]
@@ -158,12 +159,13 @@ class Scorer:
             **{name: pa.array(values, mask=n_test == 0) for name, values in per_user.items()},  # null: no test item
             "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(self.item_ids[top[valid_slot]])),
             "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(top_scores[valid_slot].astype(np.float32))),
+            "fallback": pa.array(fallback),
             "node_id": pa.array([self.node_id] * batch.num_rows),
         })
 
 
 def explode_topk(batch: pa.Table) -> pa.Table:
-    """Per-user lists -> one row per (user, rank)."""
+    """Per-user lists -> one row per (user, rank), with the user's cold-start flag."""
     items = batch["items"].combine_chunks()
     lengths = np.diff(items.offsets.to_numpy())
     ranks = np.concatenate([np.arange(1, n + 1) for n in lengths]) if len(lengths) else np.array([], dtype=int)
@@ -172,6 +174,7 @@ def explode_topk(batch: pa.Table) -> pa.Table:
         "rank": pa.array(ranks.astype(np.int16)),
         "item_id": items.flatten(),
         "score": batch["scores"].combine_chunks().flatten(),
+        "fallback": pa.array(np.repeat(batch["fallback"].to_numpy(zero_copy_only=False), lengths)),
     })
 
 
@@ -391,6 +394,7 @@ def _score(split: Split, rows: np.ndarray, checkpoint: bytes, options: ScoreOpti
         fn_constructor_kwargs={
             "checkpoint": [ray.put(checkpoint)],
             "item_ids": split.item_ids,
+            "popularity": item_popularity(split.train),
             "k": options.k,
             "mask": options.mask,
             "threads": max(1, int(options.cpus_per_actor)),
