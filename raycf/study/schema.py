@@ -56,7 +56,7 @@ Every key except `name`, `data` and `models` is optional, with the default shown
                                 # pip install 'raycf[mlflow]'; `raycf tune --mlflow URI` overrides it
       tensorboard: false        # true: TensorBoard event files in each trial's directory; needs
                                 # pip install 'raycf[tensorboard]'
-    models:                     # at least one of multvae, autorec, pop, ease, itemknn, ials
+    models:                     # at least one of multvae, autorec, multdae, recvae, pop, ease, itemknn, ials
       multvae:
         fixed: {hidden: 200}    # TrainConfig fields except model, max_epochs (scheduler.max_t), seed (the study's)
         search:                 # TrainConfig fields (as for fixed, and not also fixed), each exactly one of:
@@ -557,7 +557,7 @@ def _field_value(base: dict[str, Any], name: str, value: Any, at: _At) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise at.error(f"must be a finite number, got {value!r}")
     try:
-        config = TrainConfig.from_dict({**base, name: value}, where=f"{at.file}: {at.path}")
+        config = TrainConfig.from_dict({**base, name: value}, where=f"{at.file}: {at.path}", joint=False)
     except RaycfError as error:
         raise RaycfError(f"{error}{_hint(value) if not isinstance(base[name], str) else ''}") from None
     return config.to_dict(flat=True)[name]
