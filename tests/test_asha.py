@@ -71,3 +71,21 @@ def test_a_resumed_scheduler_decides_as_the_uninterrupted_one(tmp_path: Path) ->
     assert decisions["resumed"] == decisions["live"]
     assert decisions["live"][0] == TrialScheduler.STOP
     assert decisions["forgetful"][0] == TrialScheduler.CONTINUE  # empty rungs let the weak newcomer through
+
+
+def test_a_model_with_its_own_grace_period_is_judged_later(tmp_path: Path) -> None:
+    asha = PerModelASHA(time_attr=TIME_ATTR, max_t=9, grace_period=1, reduction_factor=3,
+                        per_model={"autorec": {"grace_period": 3, "max_t": 6}})
+    asha.set_search_properties(METRIC, "max")
+    fast, slow = ([trial(tmp_path, f"{model}{index}", model) for index in range(2)] for model in ("multvae", "autorec"))
+    for added in (*fast, *slow):
+        asha.on_trial_add(None, added)
+    assert [report(asha, added, 1, ndcg) for added, ndcg in zip(fast, (0.5, 0.1))] == [
+        TrialScheduler.CONTINUE, TrialScheduler.STOP]  # Mult-VAE's first rung is at epoch 1
+    # AutoRec's first rung is at epoch 3: a poor start is not judged, and its trials end at their own max_t 6
+    assert [report(asha, added, 1, ndcg) for added, ndcg in zip(slow, (0.5, 0.1))] == [TrialScheduler.CONTINUE] * 2
+    assert [report(asha, added, 3, ndcg) for added, ndcg in zip(slow, (0.5, 0.1))] == [
+        TrialScheduler.CONTINUE, TrialScheduler.STOP]
+    assert report(asha, slow[0], 5, 0.6) == TrialScheduler.CONTINUE
+    assert report(asha, slow[0], 6, 0.6) == TrialScheduler.STOP  # its own max_t
+    assert report(asha, fast[0], 6, 0.6) == TrialScheduler.CONTINUE  # the study's max_t is 9

@@ -38,7 +38,7 @@ from raycf.tune.driver import (
 )
 
 K = 5
-FAST = {"hidden": 8, "factors": 8, "iterations": 2, "neighbors": 20, "batch_size": 200}
+FAST = {"hidden": 8, "width": 32, "factors": 8, "iterations": 2, "neighbors": 20, "batch_size": 200}
 """Small settings for whichever of these fields a model takes (a field that is not the model's is refused)."""
 MAX_EPOCHS = 2
 """Two epochs: a neural model, and iALS (two iterations), resume after the first; the closed forms fit in one."""

@@ -16,8 +16,9 @@ from test_faults_tune import all_rows, ended, kill_driver, start_driver
 
 from raycf.errors import RaycfError
 from raycf.models.config import TrainConfig
+from raycf.report.run_report import REPORT_MD
 from raycf.study.schema import load_study
-from raycf.tune.driver import STUDY_FILE, TRIALS_FILE, study_record
+from raycf.tune.driver import LEADERBOARD_FILE, STUDY_FILE, TRIALS_FILE, study_record
 from raycf.tune.search import PerModelOptuna, search_setup
 
 SAMPLES = 2
@@ -32,7 +33,10 @@ resources: {{cpus_per_trial: 1}}
 max_failures: 1
 num_samples: {SAMPLES}
 max_concurrent: 1
-searcher: {{type: optuna, n_startup_trials: 1}}
+searcher:
+  type: optuna
+  n_startup_trials: 1
+  points_to_evaluate: {{multvae: [{{beta: 0.25, layers: [16]}}]}}
 models:
   multvae:
     fixed: {{hidden: 16, lr: 1.0e-2, patience: 6}}
@@ -46,7 +50,10 @@ models:
       hidden: {{randint: [8, 24]}}
 """
 """TINY_STUDY's shape (conftest) without grids: two trials per model, one at a time; the second of each model
-is TPE's (one random start)."""
+is TPE's (one random start); Mult-VAE's first is the seeded configuration."""
+SEEDED = {"searcher": {"type": "optuna", "n_startup_trials": 1,
+                       "points_to_evaluate": {"multvae": [{"beta": 0.25, "layers": "16"}]}}}
+"""The searcher as study.json records it: the seeded configuration with layers in Tune's flat form."""
 
 
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
@@ -60,10 +67,10 @@ def test_the_optuna_study_reads_as_intended(tmp_path: Path) -> None:
     assert (study.searcher.type, study.searcher.n_startup_trials, study.num_samples) == ("optuna", 1, SAMPLES)
     assert {m.model: sorted(m.search) for m in study.models} == {"multvae": ["beta", "layers"],
                                                                  "autorec": ["hidden", "l2"]}
-    assert study_record(study).to_json()["searcher"] == {"type": "optuna", "n_startup_trials": 1}
+    assert study_record(study).to_json()["searcher"] == SEEDED["searcher"]
     default = load_study(write(tmp_path, TINY_STUDY, "tiny.yaml"))
     assert default.searcher.type == "random" and study_record(default).to_json()["searcher"] == {"type": "random"}
-    text = OPTUNA_STUDY.replace("searcher: {type: optuna, n_startup_trials: 1}", "searcher: {type: optuna}")
+    text = OPTUNA_STUDY.replace("  n_startup_trials: 1\n", "")
     assert load_study(write(tmp_path, text)).searcher.n_startup_trials == 5
 
 
@@ -86,6 +93,8 @@ def test_suggestions_take_turns_per_model_until_each_budget_is_used(tmp_path: Pa
                     and config.params.hidden == 16)
         else:
             assert 1e-4 <= config.params.l2 <= 1e-2 and 8 <= config.params.hidden < 24
+        if index == 0:  # the seeded configuration first
+            assert (config.params.beta, config.params.layers) == (0.25, (16,))
         searcher.on_trial_complete(f"t{index}", {"best_valid_ndcg": float(index)})
     assert models == ["multvae", "autorec"] * 3
     assert searcher.suggest("t6") == searcher.FINISHED and searcher.handed_out == {"multvae": 3, "autorec": 3}
@@ -127,7 +136,8 @@ BAD = [
     ("option-of-optuna", "searcher: {type: random, n_startup_trials: 3}",
      "searcher.n_startup_trials: applies to searcher type optuna only"),
     ("startup", "searcher: {type: optuna, n_startup_trials: 0}", "searcher.n_startup_trials: must be >= 1, got 0"),
-    ("not-a-mapping", "searcher: optuna", "searcher: must be a mapping of keys type, n_startup_trials, got 'optuna'"),
+    ("not-a-mapping", "searcher: optuna",
+     "searcher: must be a mapping of keys type, n_startup_trials, points_to_evaluate, got 'optuna'"),
     ("grid", "searcher: {type: optuna}", "models.multvae.search.beta: grid is not searched with searcher type optuna"),
 ]
 
@@ -193,8 +203,9 @@ def optuna_run(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_model_runs_its_budget_with_its_own_asha(optuna_run: Path) -> None:
     trials = in_order(optuna_run)
     assert trials["model"].tolist() == ["multvae", "autorec"] * SAMPLES  # one of each model in turn
-    assert json.loads((optuna_run / STUDY_FILE).read_text())["searcher"] == {"type": "optuna", "n_startup_trials": 1}
+    assert json.loads((optuna_run / STUDY_FILE).read_text())["searcher"] == SEEDED["searcher"]
     configs = [json.loads(config) for config in trials["config"]]
+    assert (configs[0]["beta"], configs[0]["layers"]) == (0.25, "16")  # the seeded configuration ran first
     assert len({json.dumps(config) for config in configs}) == len(configs)
     for config in configs:
         TrainConfig.from_dict(config)
@@ -229,3 +240,71 @@ def test_resume_continues_the_searchers(ray_cluster, optuna_run: Path, tmp_path:
     assert len(all_rows(run_dir)) < 2 * SAMPLES
     assert run_raycf("tune", "--resume", str(run_dir)) == 0
     assert sampled(run_dir) == sampled(optuna_run)
+
+
+def test_the_report_says_how_the_pick_validates_against_the_seeded_reference(optuna_run: Path) -> None:
+    assert run_raycf("report", str(optuna_run)) == 0
+    report = (optuna_run / REPORT_MD).read_text()
+    assert "seeded with 1 configurations" in report
+    trials = in_order(optuna_run)
+    seeded = trials[trials["model"] == "multvae"].iloc[0]
+    pick = pd.read_parquet(optuna_run / LEADERBOARD_FILE).set_index("model").loc["multvae"]
+    if pick["trial_id"] == seeded["trial_id"]:
+        expected = f"- Mult-VAE: the pick is its seeded reference (trial {seeded['trial_id']}"
+    else:
+        side = "below" if pick["valid_ndcg"] < seeded["valid_ndcg"] else "above"
+        expected = (f"- Mult-VAE: the searched pick (trial {pick['trial_id']}: {pick['valid_ndcg']:.4f}) validates "
+                    f"{side} its seeded reference (trial {seeded['trial_id']}")
+    assert "## Seeded references" in report and expected in report, report
+    assert "AutoRec:" not in report.split("## Seeded references")[1].split("##")[0]  # AutoRec was not seeded
+
+
+SEEDED_STUDY = OPTUNA_STUDY.replace("points_to_evaluate: {multvae: [{beta: 0.25, layers: [16]}]}", "{points}")
+BAD_POINTS = [
+    ("choice", "{multvae: [{layers: [600]}]}",
+     "searcher.points_to_evaluate.multvae[0].layers: '600' is outside the searched space {choice: ['', '16']}"),
+    ("range", "{multvae: [{beta: 0.9}]}",
+     "searcher.points_to_evaluate.multvae[0].beta: 0.9 is outside the searched space {uniform: [0.1, 0.3]}"),
+    ("reference-outside", "{autorec: [{l2: 1.0e-3}]}",
+     "searcher.points_to_evaluate.autorec[0].hidden: not given; its reference value 200 is outside the searched "
+     "space {randint: [8, 24]}"),
+    ("fixed", "{multvae: [{hidden: 16}]}",
+     "searcher.points_to_evaluate.multvae[0].hidden: is fixed in models.multvae.fixed"),
+    ("not-searched", "{multvae: [{dropout: 0.5}]}",
+     "searcher.points_to_evaluate.multvae[0].dropout: is not searched for multvae (searched: beta, layers)"),
+    ("other-model", "{ease: [{l2: 500.0}]}", "searcher.points_to_evaluate.ease: not a model of this study"),
+    ("empty", "{multvae: []}", "searcher.points_to_evaluate.multvae: must be a non-empty list of configurations"),
+]
+
+
+@pytest.mark.parametrize(("stem", "points", "fragment"), BAD_POINTS, ids=[case[0] for case in BAD_POINTS])
+def test_a_seeded_configuration_outside_the_space_is_refused(tmp_path: Path, stem: str, points: str,
+                                                            fragment: str) -> None:
+    path = write(tmp_path, SEEDED_STUDY.replace("{points}", f"points_to_evaluate: {points}"), f"{stem}.yaml")
+    with pytest.raises(RaycfError, match=re.escape(f"{path}: {fragment}")) as caught:
+        load_study(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_random_search_runs_its_seeds_as_grid_points_first(tmp_path: Path) -> None:
+    seeded = TINY_STUDY + "searcher: {points_to_evaluate: {autorec: [{l2: 1.0e-3}]}}\n"
+    setup = search_setup(load_study(write(tmp_path, seeded)))
+    grid = setup.param_space["trial"]["grid_search"]
+    assert len(grid) == 3 and grid[0]["model"] == "autorec" and grid[0]["l2"] == 1e-3
+    assert TrainConfig.from_dict(grid[0]) == TrainConfig.for_model("autorec", hidden=16, lr=1e-2, patience=6,
+                                                                   l2=1e-3, max_epochs=12)
+    twice = seeded.replace("models:", "num_samples: 2\nmodels:")
+    with pytest.raises(RaycfError, match=re.escape("searcher.points_to_evaluate: with searcher type random each "
+                                                   "seeded configuration is one more grid point")):
+        load_study(write(tmp_path, twice, "twice.yaml"))
+
+
+def test_a_bad_seed_is_one_line_exit_2_before_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SEEDED_STUDY.replace("{points}", "points_to_evaluate: {multvae: [{beta: 0.9}]}"))
+    monkeypatch.setattr(ray, "init", refuse_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert run_raycf("tune", str(path), "--storage", str(tmp_path / "runs")) == 2
+    error = capsys.readouterr().err
+    assert error == f"raycf: error: {path}: {BAD_POINTS[1][2]}; give a value in it (or widen the search)\n"
+    assert not (tmp_path / "runs").exists()

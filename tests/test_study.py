@@ -389,3 +389,36 @@ def test_a_trial_whose_config_cannot_be_built_fails_in_the_trial(small_split) ->
     with pytest.raises(RaycfError, match=r"trial: layers must be a list of ints >= 1, e\.g\. \[600\] or \[\], got "
                                          r"\[600, -5\]"):
         run_trial({"trial": bad}, small_split)
+
+
+def test_a_model_sets_its_own_epoch_limit_and_grace_period(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD + "    scheduler: {max_t: 60, grace_period: 20}\n  pop: {}\n"
+                    + "  autorec: {scheduler: {max_t: 4}}\nscheduler: {max_t: 30, grace_period: 3}\n")
+    multvae, pop, autorec = load_study(path).models
+    assert multvae.scheduler_overrides() == {"max_t": 60, "grace_period": 20}
+    assert pop.scheduler_overrides() == {} and autorec.scheduler_overrides() == {"max_t": 4}
+    epochs = {config.model: config.max_epochs for config in trials(load_study(path))}
+    assert epochs == {"multvae": 60, "pop": 30, "autorec": 4}
+
+
+MODEL_SCHEDULER_BAD = [
+    ("grace-over-own-max-t", "    scheduler: {max_t: 20, grace_period: 30}\n",
+     "models.multvae.scheduler.grace_period: grace period 30 exceeds the model's max_t 20"),
+    ("study-grace-over-own-max-t", "    scheduler: {max_t: 5}\n",
+     "models.multvae.scheduler.max_t: grace period 10 exceeds the model's max_t 5 (got 5)"),
+    ("grace-with-fifo", "    scheduler: {grace_period: 3}\nscheduler: {type: fifo}\n",
+     "models.multvae.scheduler.grace_period: applies to scheduler type asha only"),
+    ("unknown-key", "    scheduler: {reduction_factor: 2}\n",
+     "models.multvae.scheduler.reduction_factor: unknown key; allowed in models.multvae.scheduler: max_t, "
+     "grace_period"),
+    ("zero", "    scheduler: {max_t: 0}\n", "models.multvae.scheduler.max_t: must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("stem", "lines", "fragment"), MODEL_SCHEDULER_BAD, ids=[c[0] for c in MODEL_SCHEDULER_BAD])
+def test_a_bad_model_scheduler_is_refused_naming_the_key(tmp_path: Path, stem: str, lines: str, fragment: str) -> None:
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(GOOD + lines)
+    with pytest.raises(RaycfError, match=re.escape(f"{path}: {fragment}")):
+        load_study(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from raycf.models.multvae import MultVAE
 from raycf.models.autorec import AutoRec
 from raycf.models.multdae import MultDAE
+from raycf.models.recvae import RecVAE
 from raycf.models.popularity import Popularity
 from raycf.models.ease import EASE
 from raycf.models.itemknn import ItemKNN
@@ -33,5 +34,5 @@ def planned_epochs(config: TrainConfig) -> int:
 
 
 __all__ = ["MODELS", "AutoRec", "EASE", "FittedRecommender", "IALS", "ItemKNN", "MultDAE", "MultVAE",
-           "NeuralRecommender", "Popularity", "Recommender", "SparseBatch", "SparseRows", "build_model",
+           "NeuralRecommender", "Popularity", "RecVAE", "Recommender", "SparseBatch", "SparseRows", "build_model",
            "planned_epochs"]

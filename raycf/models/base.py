@@ -348,6 +348,9 @@ class NeuralRecommender(Recommender[NP]):
         one it trained them in, or None for float32 (one exact stage)."""
         return torch.bfloat16 if self.params.matmul_dtype == "bfloat16" else None
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called before training epoch `epoch` (0-based): a model trained in phases sets up that epoch's."""
+
     @abstractmethod
     def loss(self, batch: SparseBatch, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss of one batch at update `step` (0-based), averaged over its users, plus the `l2_penalty`

@@ -34,11 +34,13 @@ class TrainConfig:
         return cls.from_dict({**given, "model": model})
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config", *, stored: bool = False) -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any], where: str = "config", *, stored: bool = False,
+                  joint: bool = True) -> TrainConfig:
         """Build and validate from flat values (a study's, a Tune config, a checkpoint's), naming bad fields.
 
         `stored`: values that raycf wrote itself, where an older release kept every model's hyperparameters;
-        those of other models are dropped instead of refused."""
+        those of other models are dropped instead of refused. `joint=False`: each field checked alone, not the
+        rules across fields (a study checks one field's value before it has them all)."""
         model = values.get("model", "multvae")
         params_class = model_class(model if isinstance(model, str) else repr(model), where).Params
         own, known = params_class.names(), hyperparameter_names()
@@ -60,12 +62,13 @@ class TrainConfig:
                 run[name] = value
         params = params_class.from_values({name: values[name] for name in own if name in values}, where)
         config = cls(model=model, params=params, **run)
-        config.validate(where)
+        config.validate(where, joint)
         return config
 
-    def validate(self, where: str = "config") -> None:
-        """Raise a one-line RaycfError naming the first field out of range (the model's hyperparameters first)."""
-        self.params.validate(where)
+    def validate(self, where: str = "config", joint: bool = True) -> None:
+        """Raise a one-line RaycfError naming the first field out of range (the model's hyperparameters first);
+        `joint`: and the rules across the model's fields."""
+        self.params.validate(where, joint)
         for name in ("max_epochs", "patience", "eval_every"):
             if getattr(self, name) < 1:
                 raise RaycfError(f"{where}: {name} must be >= 1, got {getattr(self, name)!r}")

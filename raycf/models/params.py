@@ -95,13 +95,19 @@ class ModelParams:
             converted[name] = value
         return cls(**converted)
 
-    def validate(self, where: str) -> None:
-        """A one-line RaycfError naming the first field out of its rule."""
+    def validate(self, where: str, joint: bool = True) -> None:
+        """A one-line RaycfError naming the first field out of its rule; with `joint`, then any rule across fields
+        (`validate_joint`), which one field set alone over the defaults may break."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if not field.metadata["rule"].allows(value):
                 shown = list(value) if isinstance(value, tuple) else value
                 raise RaycfError(f"{where}: {field.name} must be {field.metadata['rule'].words}, got {shown!r}")
+        if joint:
+            self.validate_joint(where)
+
+    def validate_joint(self, where: str) -> None:
+        """A one-line RaycfError naming the fields whose values do not go together (none by default)."""
 
     def to_dict(self, flat: bool = False) -> dict[str, Any]:
         """Plain values (`layers` a list of ints; with `flat`, "600,200", "" for none: every value a scalar)."""

@@ -12,6 +12,7 @@ import base64
 import html
 import importlib.metadata
 import json
+import math
 import numbers
 import os
 import platform
@@ -163,11 +164,56 @@ def machine() -> str:
 
 
 def searcher_text(searcher: dict[str, Any] | None) -> str:
-    """`optuna (n_startup_trials 5)`; runs from before the key: random."""
+    """`optuna (n_startup_trials 5, seeded with 2 configurations)`; runs from before the key: random."""
     if not searcher:
         return "random"
-    options = ", ".join(f"{key} {value}" for key, value in sorted(searcher.items()) if key != "type")
-    return searcher["type"] + (f" ({options})" if options else "")
+    points = searcher.get("points_to_evaluate") or {}
+    options = [f"{key} {value}" for key, value in sorted(searcher.items()) if key not in ("type", "points_to_evaluate")]
+    if points:
+        options.append(f"seeded with {sum(len(seeds) for seeds in points.values())} configurations")
+    return searcher["type"] + (f" ({', '.join(options)})" if options else "")
+
+
+def same_value(value: Any, seeded: Any) -> bool:
+    """Whether a trial's hp_ value is a seeded configuration's (numbers up to float rounding)."""
+    if isinstance(value, numbers.Real) and isinstance(seeded, numbers.Real) and not isinstance(seeded, bool):
+        return math.isclose(value, seeded, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(value == seeded)
+
+
+def seeded_trials(trials: pd.DataFrame, seeds: list[dict[str, Any]]) -> pd.DataFrame:
+    """The trials whose configuration is one of `seeds` (searched fields and their flat values)."""
+    return trials[[any(all(same_value(row.get(f"hp_{name}"), value) for name, value in seed.items())
+                       for seed in seeds) for _, row in trials.iterrows()]]
+
+
+def seeded_section(run: Run) -> list[str]:
+    """For each model the searcher was seeded for: whether the model's pick validates below, at or above its best
+    seeded (reference) configuration."""
+    points = (run.study.searcher or {}).get("points_to_evaluate") or {}
+    selection, sentences = run.selection, []
+    for model, seeds in points.items():
+        label, picks = model_label(model), run.leaderboard[run.leaderboard["model"] == model]
+        seeded = seeded_trials(run.trials[run.trials["model"] == model], seeds).dropna(subset=[selection.key])
+        if seeded.empty or picks.empty:
+            sentences.append(f"- {label}: no seeded configuration has a validation result.")
+            continue
+        reference = seeded.sort_values(selection.key, ascending=selection.mode == "min").iloc[0]
+        pick = picks.iloc[0]
+        stopped = " (stopped by ASHA)" if reference["stopped_by"] == "asha" else ""
+        seed_text = f"seeded reference (trial {reference['trial_id']}{stopped}: {number(reference[selection.key])})"
+        if pick["trial_id"] == reference["trial_id"]:
+            sentences.append(f"- {label}: the pick is its {seed_text}; the search found nothing better.")
+            continue
+        difference = pick[selection.key] - reference[selection.key]
+        below = difference < 0 if selection.mode == "max" else difference > 0
+        sentences.append(f"- {label}: the searched pick (trial {pick['trial_id']}: {number(pick[selection.key])}) "
+                         f"validates {'below' if below else 'above'} its {seed_text} by {abs(difference):.4f}"
+                         + ("; the reference settings are the better choice on this split." if below else "."))
+    if not sentences:
+        return []
+    return ["## Seeded references", f"The searcher tried these configurations first (`points_to_evaluate`); "
+            f"validation {selection.label} of each model's pick against its best seeded one:", "\n".join(sentences)]
 
 
 def run_section(run: Run) -> list[str]:
@@ -557,7 +603,8 @@ def write_report(run_dir: str, scores: str | None = None) -> str:
         plot_hyperparameters(report.trials, directory / HYPERPARAMETERS_PNG, report.selection)
         title = f"raycf report: {report.study.name}"
         blocks = [f"# {title}", f"Run directory: `{run_dir}`", *run_section(report),
-                  *leaderboard_section(report, varying), *curves_section(drawn, len(report.trials), report.selection),
+                  *leaderboard_section(report, varying), *seeded_section(report),
+                  *curves_section(drawn, len(report.trials), report.selection),
                   *hyperparameter_section(report.trials, varying, report.selection),
                   *selection_section(directory, report.selection), *test_section(summary, run_dir, scores),
                   *comparison_section(run), *repeats_section(directory)]

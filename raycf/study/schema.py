@@ -42,6 +42,10 @@ Every key except `name`, `data` and `models` is optional, with the default shown
       type: random              # random: Tune's random draws over the grid, seeded | optuna: TPE, one per
                                 # model (seeded; no grid dimensions), each model num_samples trials
       n_startup_trials: 5       # optuna only: int >= 1, trials per model sampled at random before TPE
+      points_to_evaluate:       # configurations tried first (Tune's points_to_evaluate), per model: each gives
+        multvae:                # searched fields only (one left out takes the model's reference value), every
+          - {beta: 0.2}         # value inside its search space; random: each is one more grid point (with
+                                # num_samples 1 only); optuna: the model's first trials, out of its num_samples
     max_concurrent: null        # int >= 1, or null: no limit
     max_failures: 2             # int >= 0: retries of an errored trial
     checkpoint_every: 10        # int >= 1: a trial also checkpoints every this many epochs (besides each
@@ -57,9 +61,11 @@ Every key except `name`, `data` and `models` is optional, with the default shown
                                 # pip install 'raycf[mlflow]'; `raycf tune --mlflow URI` overrides it
       tensorboard: false        # true: TensorBoard event files in each trial's directory; needs
                                 # pip install 'raycf[tensorboard]'
-    models:                     # at least one of multvae, autorec, pop, ease, itemknn, ials
+    models:                     # at least one of multvae, autorec, multdae, recvae, pop, ease, itemknn, ials
       multvae:
         fixed: {hidden: 200}    # TrainConfig fields except model, max_epochs (scheduler.max_t), seed (the study's)
+        scheduler: {max_t: 300, grace_period: 40}   # optional, the model's own: its trials' epoch limit (and
+                                # ASHA's), its ASHA grace period (asha only); each defaults to the study's
         search:                 # TrainConfig fields (as for fixed, and not also fixed), each exactly one of:
           beta: {choice: [0.1, 0.2, 0.3]}
           dropout: {uniform: [0.3, 0.6]}
@@ -115,7 +121,7 @@ TOP_KEYS = ("name", "seed", "data", "metric", "report_metrics", "mode", "schedul
             "max_concurrent", "max_failures", "checkpoint_every", "repeat_seeds", "models", "searcher",
             "select", "tracking")
 TRACKING_KEYS = ("mlflow", "tensorboard")
-SEARCHER_OPTIONS = {"random": (), "optuna": ("n_startup_trials",)}
+SEARCHER_OPTIONS = {"random": ("points_to_evaluate",), "optuna": ("n_startup_trials", "points_to_evaluate")}
 """Each searcher type and the keys it takes besides `type`."""
 DEFAULT_N_STARTUP_TRIALS = 5
 DATA_KEYS = (*(field.name for field in dataclasses.fields(DataSpec)), "split")
@@ -123,7 +129,9 @@ DATA_KEYS = (*(field.name for field in dataclasses.fields(DataSpec)), "split")
 RATINGS_ONLY = ("format", "user_col", "item_col", "rating_col", "time_col")
 SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
-MODEL_KEYS = ("fixed", "search")
+MODEL_KEYS = ("fixed", "search", "scheduler")
+MODEL_SCHEDULER_KEYS = ("max_t", "grace_period")
+"""What a model may set of ASHA for its own trials."""
 NOT_SET_BY_MODEL = {
     "model": "the model is its key under models",
     "max_epochs": "set scheduler.max_t instead",
@@ -149,10 +157,19 @@ class ModelSearch:
     model: str
     fixed: dict[str, Any]
     search: dict[str, Dimension]
+    max_t: int | None = None
+    """The model's own epoch limit (its trials' max_epochs and its ASHA's max_t; None: the study's)."""
+    grace_period: int | None = None
+    """The model's own ASHA grace period (None: the study's)."""
 
     def base_config(self, max_epochs: int, seed: int) -> TrainConfig:
-        """The model's reference settings with the fixed fields (searched fields at their defaults)."""
-        return TrainConfig.for_model(self.model, **self.fixed, max_epochs=max_epochs, seed=seed)
+        """The model's reference settings with the fixed fields (searched fields at their defaults), for
+        `max_epochs` (the study's max_t) unless the model sets its own."""
+        return TrainConfig.for_model(self.model, **self.fixed, max_epochs=self.max_t or max_epochs, seed=seed)
+
+    def scheduler_overrides(self) -> dict[str, int]:
+        """The ASHA settings the model sets for its own trials."""
+        return {name: getattr(self, name) for name in MODEL_SCHEDULER_KEYS if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)
@@ -182,10 +199,18 @@ class SearcherSpec:
     type: str = "random"
     n_startup_trials: int = DEFAULT_N_STARTUP_TRIALS
     """optuna: trials per model sampled at random before TPE models the results."""
+    points_to_evaluate: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    """Per model, configurations tried first: every searched field's value (Tune's flat form), in its space."""
 
     def describe(self) -> dict[str, Any]:
-        """The type and the options it uses (study.json)."""
-        return {"type": self.type, **{key: getattr(self, key) for key in SEARCHER_OPTIONS[self.type]}}
+        """The type and the options it uses (study.json); `points_to_evaluate` only when the study seeds."""
+        options = {key: getattr(self, key) for key in SEARCHER_OPTIONS[self.type]}
+        if self.points_to_evaluate:
+            options["points_to_evaluate"] = {model: [dict(point) for point in points]
+                                             for model, points in self.points_to_evaluate.items()}
+        else:
+            options.pop("points_to_evaluate")
+        return {"type": self.type, **options}
 
 
 @dataclass(frozen=True)
@@ -558,7 +583,7 @@ def _field_value(base: dict[str, Any], name: str, value: Any, at: _At) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise at.error(f"must be a finite number, got {value!r}")
     try:
-        config = TrainConfig.from_dict({**base, name: value}, where=f"{at.file}: {at.path}")
+        config = TrainConfig.from_dict({**base, name: value}, where=f"{at.file}: {at.path}", joint=False)
     except RaycfError as error:
         raise RaycfError(f"{error}{_hint(value) if not isinstance(base[name], str) else ''}") from None
     return config.to_dict(flat=True)[name]
@@ -595,12 +620,14 @@ def _dimension(value: Any, base: dict[str, Any], name: str, at: _At) -> Dimensio
     return Dimension(kind, tuple(values) if kind == "randint" else (low, high))
 
 
-def _model(model: Any, value: Any, at: _At, max_epochs: int, seed: int) -> ModelSearch:
+def _model(model: Any, value: Any, at: _At, scheduler: Scheduler, seed: int) -> ModelSearch:
     """One entry of `models`, checked as TrainConfig fields over the model's reference settings."""
     if model not in model_names():
         raise at.error(f"unknown model; choose from {', '.join(model_names())}")
     raw = _mapping(value, at, MODEL_KEYS)
     fixed_at, search_at = at / "fixed", at / "search"
+    max_t, grace_period = _model_scheduler(raw.get("scheduler"), at / "scheduler", scheduler)
+    max_epochs = max_t or scheduler.max_t
     base = TrainConfig.for_model(model, max_epochs=max_epochs, seed=seed).to_dict()
     fixed = {
         key: _field_value(base, _field_name(key, fixed_at / key, model), v, fixed_at / key)
@@ -616,14 +643,31 @@ def _model(model: Any, value: Any, at: _At, max_epochs: int, seed: int) -> Model
         TrainConfig.for_model(model, **fixed, **samples, max_epochs=max_epochs, seed=seed)
     except RaycfError as error:
         raise at.error(str(error)) from None
-    return ModelSearch(model, fixed, search)
+    return ModelSearch(model, fixed, search, max_t, grace_period)
 
 
-def _models(value: Any, at: _At, max_epochs: int, seed: int) -> tuple[ModelSearch, ...]:
+def _model_scheduler(value: Any, at: _At, scheduler: Scheduler) -> tuple[int | None, int | None]:
+    """A model's own `{max_t, grace_period}` (each optional; grace_period with ASHA only), the grace period that
+    applies to it no longer than its max_t."""
+    raw = _mapping(value, at, MODEL_SCHEDULER_KEYS)
+    max_t = None if raw.get("max_t") is None else _int(raw["max_t"], at / "max_t", 1)
+    grace = None if raw.get("grace_period") is None else _int(raw["grace_period"], at / "grace_period", 1)
+    if grace is not None and scheduler.type != "asha":
+        raise (at / "grace_period").error(f"applies to scheduler type asha only (this study's is {scheduler.type}); "
+                                          "drop it")
+    limit = max_t or scheduler.max_t
+    if scheduler.type == "asha" and (grace or scheduler.grace_period) > limit:
+        where, given = (at / "grace_period", grace) if grace is not None else (at / "max_t", max_t)
+        raise where.error(f"grace period {grace or scheduler.grace_period} exceeds the model's max_t {limit} (got "
+                          f"{given}); give a grace_period <= max_t")
+    return max_t, grace
+
+
+def _models(value: Any, at: _At, scheduler: Scheduler, seed: int) -> tuple[ModelSearch, ...]:
     models = _dict(value, at, f"models ({', '.join(model_names())})")
     if not models:
         raise at.error(f"must name at least one model of {', '.join(model_names())}")
-    return tuple(_model(model, v, at / model, max_epochs, seed) for model, v in models.items())
+    return tuple(_model(model, v, at / model, scheduler, seed) for model, v in models.items())
 
 
 def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
@@ -644,6 +688,8 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
     cpus, gpus = _resources(raw.get("resources"), at / "resources")
     max_concurrent = raw.get("max_concurrent")
     checkpoint_every = raw.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+    models = _models(raw["models"], at / "models", scheduler, seed)
+    num_samples = _int(raw.get("num_samples", 1), at / "num_samples", 1)
     return Study(
         path=path,
         name=name,
@@ -655,13 +701,13 @@ def load_study(path: str | Path, *, check_ratings: bool = True) -> Study:
         scheduler=scheduler,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
-        num_samples=_int(raw.get("num_samples", 1), at / "num_samples", 1),
+        num_samples=num_samples,
         max_concurrent=None if max_concurrent is None else _int(max_concurrent, at / "max_concurrent", 1),
         max_failures=_int(raw.get("max_failures", 2), at / "max_failures", 0),
         checkpoint_every=None if checkpoint_every is None else _int(checkpoint_every, at / "checkpoint_every", 1),
-        models=_models(raw["models"], at / "models", scheduler.max_t, seed),
+        models=models,
         repeat_seeds=_seeds(raw.get("repeat_seeds", []), at / "repeat_seeds"),
-        searcher=_searcher(raw.get("searcher"), at / "searcher", raw["models"], at / "models"),
+        searcher=_searcher(raw.get("searcher"), at / "searcher", raw["models"], at / "models", models, num_samples),
         select=None if raw.get("select") is None else _select(raw["select"], at / "select"),
         report_metrics=_report_metrics(raw.get("report_metrics", []), at / "report_metrics"),
         tracking=_tracking(raw.get("tracking"), at / "tracking", path.parent),
@@ -683,19 +729,26 @@ def _report_metrics(value: Any, at: _At) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_metric(metric, at[i]) for i, metric in enumerate(value)))
 
 
-def _searcher(value: Any, at: _At, models: dict[str, Any], models_at: _At) -> SearcherSpec:
-    """The searcher and its options; with optuna, no grid dimension (`models` as read, already checked)."""
-    raw = _dict(value, at, "keys type, n_startup_trials")
+def _searcher(value: Any, at: _At, models: dict[str, Any], models_at: _At, searches: tuple[ModelSearch, ...],
+              num_samples: int) -> SearcherSpec:
+    """The searcher and its options; with optuna, no grid dimension (`models` as read, already checked, and
+    `searches` as validated)."""
+    raw = _dict(value, at, "keys type, n_startup_trials, points_to_evaluate")
     kind = _one_of(raw.get("type", "random"), at / "type", tuple(SEARCHER_OPTIONS))
     for key in raw:
         if key != "type" and key not in SEARCHER_OPTIONS[kind]:
             others = [other for other, options in SEARCHER_OPTIONS.items() if key in options]
             raise (at / key).error(f"applies to searcher type {others[0]} only" if others else
                                    f"unknown key; allowed in searcher: {', '.join(('type', *SEARCHER_OPTIONS[kind]))}")
-    spec = SearcherSpec(kind)
+    points = _points(raw.get("points_to_evaluate"), at / "points_to_evaluate", searches)
+    if points and kind == "random" and num_samples > 1:
+        raise (at / "points_to_evaluate").error(
+            f"with searcher type random each seeded configuration is one more grid point, run num_samples "
+            f"({num_samples}) times alike: set num_samples 1, or use searcher type optuna")
+    spec = SearcherSpec(kind, points_to_evaluate=points)
     if kind == "optuna":
         spec = SearcherSpec(kind, _int(raw.get("n_startup_trials", DEFAULT_N_STARTUP_TRIALS),
-                                       at / "n_startup_trials", 1))
+                                       at / "n_startup_trials", 1), points)
         for model, entry in models.items():
             for name, dimension in ((entry or {}).get("search") or {}).items():
                 if "grid" in dimension:
@@ -703,6 +756,61 @@ def _searcher(value: Any, at: _At, models: dict[str, Any], models_at: _At) -> Se
                         "grid is not searched with searcher type optuna (TPE samples every value): use choice, "
                         "or searcher type random")
     return spec
+
+
+def _points(value: Any, at: _At, searches: tuple[ModelSearch, ...]) -> dict[str, tuple[dict[str, Any], ...]]:
+    """`{model: [{field: value, ...}, ...]}`: per model, configurations the searcher tries first. Each gives
+    searched fields only; one it leaves out takes its reference value (the model's default); every value must lie
+    in its field's search space."""
+    by_model = {search.model: search for search in searches}
+    points: dict[str, tuple[dict[str, Any], ...]] = {}
+    for model, entries in _dict(value, at, "models and lists of configurations").items():
+        if model not in by_model:
+            raise (at / model).error(f"not a model of this study; seed one of {', '.join(by_model)}")
+        if not by_model[model].search:
+            raise (at / model).error(f"{model} searches no field: there is nothing to seed; drop it")
+        if not isinstance(entries, list) or not entries:
+            raise (at / model).error(f"must be a non-empty list of configurations like [{{beta: 0.2}}], got "
+                                     f"{entries!r}")
+        points[model] = tuple(_point(entry, at / model, i, by_model[model]) for i, entry in enumerate(entries))
+    return points
+
+
+def _point(value: Any, at: _At, index: int, search: ModelSearch) -> dict[str, Any]:
+    """One seeded configuration of `search`'s model: every searched field's value, in its space (flat form)."""
+    where = at[index]
+    given = _dict(value, where, "searched fields and values")
+    base = search.base_config(1, 0)
+    for key in given:
+        name = _field_name(key, where / key, search.model)
+        if name in search.fixed:
+            raise (where / key).error(f"is fixed in models.{search.model}.fixed; a seeded configuration gives "
+                                      "searched fields only")
+        if name not in search.search:
+            raise (where / key).error(f"is not searched for {search.model} (searched: "
+                                      f"{', '.join(search.search) or 'nothing'}); drop it or search it")
+    point = {}
+    for name, dimension in search.search.items():
+        flat = (_field_value(base.to_dict(), name, given[name], where / name) if name in given
+                else base.to_dict(flat=True)[name])
+        if not _inside(dimension, flat):
+            what = f"{flat!r} is" if name in given else f"not given; its reference value {flat!r} is"
+            raise (where / name).error(f"{what} outside the searched space {{{dimension.kind}: "
+                                       f"{list(dimension.values)}}}; give a value in it (or widen the search)")
+        point[name] = flat
+    try:
+        TrainConfig.for_model(search.model, **search.fixed, **point)
+    except RaycfError as error:
+        raise where.error(str(error)) from None
+    return point
+
+
+def _inside(dimension: Dimension, value: Any) -> bool:
+    """Whether `value` (flat form) is one a search dimension can give."""
+    if dimension.kind in ("grid", "choice"):
+        return value in dimension.values
+    low, high = dimension.values
+    return low <= value < high if dimension.kind == "randint" else low <= value <= high
 
 
 def _tracking(value: Any, at: _At, directory: Path) -> TrackingSpec:

@@ -137,6 +137,7 @@ class Trainer:
             self.epoch += 1
             return float("nan")
         assert isinstance(self.model, NeuralRecommender) and self.optimizer is not None and self.train_rows is not None
+        self.model.start_epoch(self.epoch)
         order = self.train_users[torch.randperm(len(self.train_users), generator=self.generator).to(self.device)]
         total, steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in self.train_rows.permuted(order).batches(self.model.params.batch_size):

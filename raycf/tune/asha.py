@@ -2,7 +2,8 @@
 
 Mult-VAE reaches a good validation NDCG@5 within a few epochs while AutoRec starts slowly; one shared
 ASHA would stop every AutoRec trial at the first rung. This scheduler keeps one Ray `ASHAScheduler`
-per model and hands each trial's events to its model's scheduler.
+per model and hands each trial's events to its model's scheduler; a model may set its own `max_t` and
+`grace_period` (a slow learner judged once it has learned).
 
 Ray does not save a scheduler's state with the experiment, so a resumed study would start with empty
 rungs and let every trial through them. Instead, each trial added with results already on storage (a
@@ -37,9 +38,11 @@ def reported_results(trial: Trial) -> list[dict[str, Any]]:
 
 
 class PerModelASHA(FIFOScheduler):
-    """One ASHAScheduler per model (created on the model's first trial), all with the same settings."""
+    """One ASHAScheduler per model (created on the model's first trial), all with the same settings but those
+    `per_model` overrides (`{model: {"max_t": ..., "grace_period": ...}}`)."""
 
-    def __init__(self, *, time_attr: str, max_t: int, grace_period: int, reduction_factor: float) -> None:
+    def __init__(self, *, time_attr: str, max_t: int, grace_period: int, reduction_factor: float,
+                 per_model: dict[str, dict[str, int]] | None = None) -> None:
         super().__init__()
         self._settings: dict[str, Any] = {
             "time_attr": time_attr,
@@ -47,6 +50,7 @@ class PerModelASHA(FIFOScheduler):
             "grace_period": grace_period,
             "reduction_factor": reduction_factor,
         }
+        self._per_model = per_model or {}
         self._mode: str | None = None
         self.by_model: dict[str, ASHAScheduler] = {}
         self._replayed: set[str] = set()
@@ -58,7 +62,8 @@ class PerModelASHA(FIFOScheduler):
     def _scheduler(self, trial: Trial) -> ASHAScheduler:
         model = trial_model(trial)
         if model not in self.by_model:
-            self.by_model[model] = ASHAScheduler(metric=self._metric, mode=self._mode, **self._settings)
+            settings = {**self._settings, **self._per_model.get(model, {})}
+            self.by_model[model] = ASHAScheduler(metric=self._metric, mode=self._mode, **settings)
         return self.by_model[model]
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:

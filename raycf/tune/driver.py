@@ -223,6 +223,7 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
             max_t=study.scheduler.max_t,
             grace_period=study.scheduler.grace_period,
             reduction_factor=study.scheduler.reduction_factor,
+            per_model={search.model: search.scheduler_overrides() for search in study.models},
         )
     else:
         scheduler = FIFOScheduler()
@@ -376,7 +377,7 @@ def trial_table(location: Location, record: StudyRecord, results: tune.ResultGri
             "config": json.dumps(config, sort_keys=True),
             **{f"hp_{key}": value for key, value in config.items() if key != "model"},
         }
-        row["stopped_by"] = stop_reason(row, config, record.max_t)
+        row["stopped_by"] = stop_reason(row, config, config.get("max_epochs", record.max_t))
         rows.append(row)
     return pd.DataFrame(rows)
 

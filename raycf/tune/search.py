@@ -1,14 +1,16 @@
 """How a study picks its trials' configurations: the study key `searcher`.
 
 `random` (the default): Tune's BasicVariantGenerator over the study's space (raycf.tune.space), seeded with the study
-seed: every grid point, `num_samples` random draws of the other dimensions each.
+seed: every grid point, `num_samples` random draws of the other dimensions each. The study's seeded configurations
+(searcher.points_to_evaluate) are grid points of their own, run first.
 
 `optuna`: one Optuna TPE searcher (Ray Tune's `OptunaSearch`) per model, seeded with the study seed, each
 with its own budget of `num_samples` trials. `PerModelOptuna` hands out one configuration of each model
 in turn (the model with the fewest trials so far, study order breaking ties) until every model's budget
 is used, and tells each model's TPE only of its own trials, so a model is never judged against another
 one's scores (as ASHA in raycf/tune/asha.py keeps one bracket per model). Every trial's config is
-`{"trial": <a complete TrainConfig dict>}`, as with `random`.
+`{"trial": <a complete TrainConfig dict>}`, as with `random`. A model's seeded configurations go to its TPE as
+Tune's `points_to_evaluate`: they are its first trials, out of its `num_samples`, and TPE learns from them.
 
 TPE learns from each trial's best validation score (`best_valid_ndcg`, what the leaderboard ranks), not
 from its last epoch's. Tune saves the searcher's state with the experiment (`Searcher.save`), and
@@ -49,6 +51,7 @@ def search_setup(study: Study) -> SearchSetup:
     spaces = {m.model: model_space(m, study.scheduler.max_t, study.seed) for m in study.models}
     searcher = PerModelOptuna(
         spaces,
+        points=study.searcher.points_to_evaluate,
         samples=study.num_samples,
         metric=f"best_{study.selection.key}",
         mode=study.mode,
@@ -64,13 +67,15 @@ class PerModelOptuna(Searcher):
 
     `spaces[model]` is a complete TrainConfig dict whose searched fields are Tune domains (choice, uniform,
     loguniform, randint; `raycf.tune.space.model_space`); the other fields are copied into every suggestion.
-    `metric` is the reported key TPE minimises or maximises (each trial's last value of it).
+    `metric` is the reported key TPE minimises or maximises (each trial's last value of it). `points[model]`:
+    configurations of the model's searched fields tried first (its TPE's `points_to_evaluate`).
     """
 
     def __init__(
         self,
         spaces: Mapping[str, Mapping[str, Any]],
         *,
+        points: Mapping[str, tuple[dict[str, Any], ...]] | None = None,
         samples: int,
         metric: str,
         mode: str,
@@ -91,6 +96,7 @@ class PerModelOptuna(Searcher):
                 distributions,
                 metric=metric,
                 mode=mode,
+                points_to_evaluate=[dict(point) for point in (points or {}).get(model, ())] or None,
                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
             )
         self._handed_out = dict.fromkeys(spaces, 0)

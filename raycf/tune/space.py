@@ -24,7 +24,15 @@ def model_space(search: ModelSearch, max_epochs: int, seed: int) -> dict[str, An
     return {**base, **{name: tune_domain(dimension) for name, dimension in search.search.items()}}
 
 
+def seeded_configs(study: Study) -> list[dict[str, Any]]:
+    """The study's seeded configurations (searcher.points_to_evaluate) as complete TrainConfig dicts."""
+    searches = {search.model: search for search in study.models}
+    return [{**searches[model].base_config(study.scheduler.max_t, study.seed).to_dict(flat=True), **point}
+            for model, points in study.searcher.points_to_evaluate.items() for point in points]
+
+
 def study_space(study: Study) -> dict[str, Any]:
-    """{"trial": a grid over the models, each a TrainConfig dict with Tune domains inside}."""
-    return {"trial": tune.grid_search([model_space(search, study.scheduler.max_t, study.seed)
-                                       for search in study.models])}
+    """{"trial": a grid over the seeded configurations, then the models, each a TrainConfig dict with Tune domains
+    inside}. (Tune's own points_to_evaluate cannot address a field inside a grid of dicts: a seed is a grid point.)"""
+    return {"trial": tune.grid_search([*seeded_configs(study), *(model_space(search, study.scheduler.max_t, study.seed)
+                                                                 for search in study.models)])}

@@ -1,0 +1,116 @@
+"""RecVAE's pieces against hand-worked values: the composite prior's log-density, each user's beta, the parameters
+each phase of the alternating training updates; its own fields refused in one line (the every-model tests in
+test_every_model.py cover training, checkpoints, resume and scoring)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import scipy.sparse as sp
+import torch
+from conftest import run_raycf
+
+from raycf.errors import RaycfError
+from raycf.models import SparseBatch
+from raycf.models.config import TrainConfig
+from raycf.models.recvae import composite_prior_log_density, user_betas
+from raycf.train.trainer import Trainer
+
+WEIGHTS = (0.15, 0.75, 0.1)
+
+
+def log_normal(z: float, mu: float, variance: float) -> float:
+    return -0.5 * math.log(2 * math.pi * variance) - (z - mu) ** 2 / (2 * variance)
+
+
+def test_the_composite_prior_mixes_its_three_normals_in_each_coordinate() -> None:
+    z = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    mu, logvar = torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([[0.0, 0.0], [math.log(4.0), 0.0]])
+    density = composite_prior_log_density(z, (mu, logvar), WEIGHTS, 10.0)
+    # row 0: at z=0 both the standard normal and the posterior N(0, 1) give 1/sqrt(2 pi); at z=1 the posterior
+    # N(1, 1) does, the standard normal exp(-1/2)/sqrt(2 pi); the wide normal N(0, e^10) about e^-5/sqrt(2 pi)
+    root = math.sqrt(2 * math.pi)
+    first = math.log((0.15 + 0.75 + 0.1 * math.exp(-5)) / root)
+    second = math.log((0.15 * math.exp(-0.5) + 0.75 + 0.1 * math.exp(-5 - 0.5 * math.exp(-10))) / root)
+    mixture = [sum(w * math.exp(log_normal(value, m, v)) for w, (m, v) in zip(WEIGHTS, components))
+               for value, components in ((2.0, ((0, 1), (1, 4), (0, math.exp(10)))),
+                                         (-1.0, ((0, 1), (0, 1), (0, math.exp(10)))))]
+    expected = [first + second, math.log(mixture[0]) + math.log(mixture[1])]
+    assert density.tolist() == pytest.approx(expected, abs=1e-5)
+    # one component alone is that normal's log-density
+    alone = composite_prior_log_density(z, (mu, logvar), (0.0, 1.0, 0.0), 10.0)
+    assert alone[1].item() == pytest.approx(log_normal(2.0, 1.0, 4.0) + log_normal(-1.0, 0.0, 1.0), abs=1e-5)
+
+
+def test_each_users_beta_is_gamma_times_its_history_size() -> None:
+    rows = sp.csr_matrix(np.array([[1, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 1]], dtype=np.float32))
+    assert user_betas(SparseBatch.from_csr(rows), 0.5).tolist() == [1.5, 0.5, 2.0]
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def same(state: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(torch.equal(tensor, module.state_dict()[name]) for name, tensor in state.items())
+
+
+def test_alternation_trains_the_encoder_then_the_decoder_and_refreshes_the_prior(small_split) -> None:
+    config = TrainConfig.for_model("recvae", hidden=8, width=16, depth=2, encoder_epochs=2, decoder_epochs=1,
+                                   batch_size=100, max_epochs=4)
+    trainer = Trainer(small_split, config)
+    model = trainer.model
+    initial = snapshot(model.encoder)
+    for epoch, trains_encoder in enumerate((True, True, False)):
+        encoder, decoder, previous = snapshot(model.encoder), snapshot(model.decoder), snapshot(model.previous)
+        trainer.train_epoch()
+        assert same(encoder, model.encoder) != trains_encoder, epoch
+        assert same(decoder, model.decoder) == trains_encoder, epoch
+        assert same(previous, model.previous), epoch  # the prior stays frozen within an alternation
+        assert same(initial, model.previous)  # ... and it is the encoder as the alternation began
+    trainer.train_epoch()  # the next alternation's first epoch: the prior is the encoder it started from
+    assert not same(initial, model.previous)
+    assert same(encoder, model.previous) and not same(encoder, model.encoder)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"prior_standard": 0.3}, "config: prior_standard + prior_posterior + prior_wide (the prior's mixture weights) "
+                              "must sum to 1, got 1.15"),
+    ({"gamma": -0.1}, "config: gamma must be >= 0, got -0.1"),
+    ({"encoder_epochs": 0}, "config: encoder_epochs must be >= 1, got 0"),
+    ({"decoder_epochs": 0}, "config: decoder_epochs must be >= 1, got 0"),
+])
+def test_bad_fields_are_refused_naming_the_field(fields: dict, message: str) -> None:
+    with pytest.raises(RaycfError, match=f"^{re.escape(message)}$"):
+        TrainConfig.for_model("recvae", **fields)
+
+
+def refuse_ray(*args: object, **kwargs: object) -> None:
+    raise AssertionError("Ray started")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--model", "recvae", "--dataset", "synthetic", "--gamma", "-1"], "config: gamma must be >= 0"),
+    (["train", "--model", "recvae", "--dataset", "synthetic", "--decoder-epochs", "0"],
+     "config: decoder_epochs must be >= 1"),
+    (["tune", "{study}"], "{study}: models.recvae: config: prior_standard + prior_posterior + prior_wide"),
+])
+def test_the_cli_refuses_them_in_one_line_before_ray_starts(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\ndata: {dataset: synthetic}\nmodels:\n  recvae: {fixed: {prior_wide: 0.2}}\n")
+    monkeypatch.setattr(ray, "init", refuse_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    command = [arg.format(study=study) for arg in args]
+    assert run_raycf(*command, *(["--out", str(out)] if args[0] == "train" else
+                                 ["--storage", str(tmp_path), "--name", "run"])) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"raycf: error: {message.format(study=study)}") and error.count("\n") == 1, error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.yaml"]
