@@ -237,6 +237,37 @@ CASES = [
 ]
 
 
+MALFORMED_URIS = {
+    "no-bucket": ("s3://", "s3://: no bucket in the URI", "give it as s3://BUCKET/PATH"),
+    "empty-bucket": ("s3:///x", "s3:///x: no bucket in the URI", "give it as s3://BUCKET/PATH"),
+    "unknown-scheme": ("foo://x", "foo://x: not a path or URI raycf can open", "give a local path, or a URI"),
+}
+URI_COMMANDS = {
+    "train-out": (synthetic(), "--out"),
+    "tune-storage": (tune(STUDY + MULTVAE), "--storage"),
+    "tune-resume": (command("tune", "--resume", "URI"), None),
+    "score-run-dir": (command("score", "URI"), None),
+    "score-out": (score(), "--out"),
+    "report-run-dir": (command("report", "URI"), None),
+    "report-scores": (command("report", "{tmp}/run", "--scores", "URI"), None),
+    "compare-scores": (command("compare", "URI", "{tmp}/other", "--out", "{tmp}/cmp"), None),
+    "compare-out": (command("compare", "{tmp}/a", "{tmp}/b", "--out", "URI"), None),
+}
+
+
+def with_uri(args: Args, uri: str, option: str | None) -> Args:
+    """`args` with its `option` (the last one given: it wins) or its URI placeholder set to `uri`."""
+    if option is not None:
+        return lambda tmp: [*args(tmp), option, uri]
+    return lambda tmp: [uri if arg == "URI" else arg for arg in args(tmp)]
+
+
+CASES += [
+    case(f"uri-{kind}-{name}", with_uri(args, uri, option), where, fix, scores=name == "score-out")
+    for kind, (uri, where, fix) in MALFORMED_URIS.items() for name, (args, option) in URI_COMMANDS.items()
+]
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small `raycf train` output (AutoRec on 200 synthetic users x 80 items), copied by scoring cases."""
@@ -280,3 +311,32 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert "Traceback" not in error
     assert tree(tmp_path) == before  # no output, no staging directory, no marker of pickled code
     assert not (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_name_in_use_is_refused_before_ray_starts(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(ray, "is_initialized", no_ray_yet)
+    monkeypatch.setattr(ray, "init", refuse_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "s.yaml").write_text(STUDY + MULTVAE)
+    if where == "local":
+        storage = str(tmp_path / "runs")
+        (tmp_path / "runs" / "taken").mkdir(parents=True)
+        (tmp_path / "runs" / "taken" / "study.json").write_text("{}")
+        written = lambda: tree(tmp_path)  # noqa: E731
+    else:
+        store = request.getfixturevalue("object_store")
+        for key, value in store.env.items():
+            monkeypatch.setenv(key, value)
+        storage = store.uri("dup-runs")
+        store.client().put_object(Bucket=store.bucket, Key="dup-runs/taken/study.json", Body=b"{}")
+        written = lambda: store.keys("dup-runs/")  # noqa: E731
+    before = written()
+    code = run_raycf("tune", str(tmp_path / "s.yaml"), "--storage", storage, "--name", "taken")
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1, error
+    assert f"raycf: error: {storage}/taken: a run of that name exists; pick another --name" in error
+    assert written() == before

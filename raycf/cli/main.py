@@ -284,9 +284,11 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
         send_job(ctx, submit_to, runtime_env, no_wait)
     if study is not None:  # tracking's packages and server: before Ray starts
         check_tracking(study.tracking)
-    if resume_dir is None:
-        Location.of(storage, "").check_access("--storage")  # a bad bucket or credentials: before Ray starts
-    else:
+    if study is not None:  # a bad bucket or credentials, or a run of that name: before Ray starts
+        Location.of(storage, "").check_access("--storage")
+        run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tuning.new_run_location(storage, run_name)
+    elif resume_dir is not None:
         Location.of(resume_dir, "").check_access("--resume")
     if study is not None:
         from_option = overrides["gpus_per_trial"] is not None
@@ -302,7 +304,6 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
     if study is None:
         result = tuning.resume_study(str(resume_dir))
     else:
-        run_name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name, quiet=not verbose), split)
     click.echo(tuning.format_leaderboard(result.leaderboard))
     if result.repeats is not None:

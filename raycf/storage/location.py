@@ -25,6 +25,9 @@ from raycf.errors import RaycfError
 POINTER_FILE = "current.json"
 """On an object store: `{"version": "v-..."}`, the prefix under an output directory that holds its content."""
 VERSION_PREFIX = "v-"
+BUCKET_SCHEMES = ("s3", "gs", "gcs")
+"""URI schemes whose first path part is a bucket."""
+URI_FORMS = "give a local path, or a URI such as s3://BUCKET/PATH, gs://BUCKET/PATH or file:///PATH"
 CREDENTIAL_SOURCES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                       "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
 
@@ -51,14 +54,22 @@ class Location:
 
     @classmethod
     def of(cls, storage: str, name: str) -> Location:
-        """`storage`/`name`; a plain path is made absolute so that every process sees the same place."""
+        """`storage`/`name`; a plain path is made absolute so that every process sees the same place.
+
+        A URI without a bucket (`s3://`, `s3:///x`), of a scheme pyarrow has no filesystem for (`foo://x`), or
+        whose store cannot be reached is a RaycfError naming it."""
         if "://" not in storage:
             storage = str(Path(storage).expanduser().resolve())
+        else:
+            check_uri(storage)
         uri = f"{storage.rstrip('/')}/{name}" if name else storage.rstrip("/")
         try:
             filesystem, path = pafs.FileSystem.from_uri(uri if "://" in uri else Path(uri).as_uri())
-        except (pafs.ArrowInvalid, ValueError, OSError) as error:  # type: ignore[attr-defined]
-            raise RaycfError(f"--storage {storage}: not a path or URI pyarrow can open ({error})") from None
+        except ValueError as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise RaycfError(f"{storage}: not a path or URI raycf can open ({str(error).splitlines()[0]}); "
+                             f"{URI_FORMS}") from None
+        except OSError as error:
+            raise RaycfError(f"{storage}: {describe_store_error(str(error))}") from None
         return cls(uri=uri, filesystem=filesystem, path=path)
 
     @property
@@ -133,6 +144,16 @@ class Location:
     def read_bytes(self, name: str) -> bytes:
         with self.filesystem.open_input_stream(f"{self.path}/{name}") as stream:
             return stream.read()
+
+
+def check_uri(uri: str) -> None:
+    """RaycfError naming `uri` when it has no scheme before `://`, or is an object store's URI without a
+    bucket (`s3://`, `s3:///x`, `gs://`)."""
+    scheme, rest = uri.split("://", 1)
+    if not scheme:
+        raise RaycfError(f"{uri}: no scheme before '://'; {URI_FORMS}")
+    if scheme in BUCKET_SCHEMES and not rest.split("/", 1)[0]:
+        raise RaycfError(f"{uri}: no bucket in the URI; give it as {scheme}://BUCKET/PATH")
 
 
 def parquet_bytes(frame) -> bytes:

@@ -294,15 +294,21 @@ def finish(location: Location, record: StudyRecord, results: tune.ResultGrid, se
     return StudyResult(location.uri, leaderboard, repeats)
 
 
+def new_run_location(storage: str, name: str) -> Location:
+    """The run directory `storage`/`name` of a new study; RaycfError when a run of that name is there."""
+    location = Location.of(storage, name)
+    if location.is_used():
+        raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
+    return location
+
+
 def run_study(study: Study, options: TuneOptions, split: Split | None = None) -> StudyResult:
     """Split once (unless given the study's `split`), run every trial, write the leaderboard (and the seed
     repeats)."""
     storage = Location.of(options.storage, "")
     storage.check_access("--storage")
     check_shared_storage(storage)
-    location = Location.of(options.storage, options.name)
-    if location.is_used():
-        raise RaycfError(f"{location.uri}: a run of that name exists; pick another --name, or --resume {location.uri}")
+    location = new_run_location(options.storage, options.name)
     if split is None:
         split = prepare_split(study.data, study.fractions, study.seed)
         check_study_memory(study, split.n_users, split.n_items)
