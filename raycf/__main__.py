@@ -1,5 +1,5 @@
 """`python -m raycf` is the `raycf` command."""
 
-from raycf.cli.main import main
+from raycf.cli.launch import main
 
 main()

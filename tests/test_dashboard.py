@@ -1,7 +1,8 @@
 """The dashboard of a running study, as a person opens it: a headless Chromium (Debian's `chromium` and its
 `chromedriver`, installed by .ci/run) opens the URL `raycf tune` prints, meets Ray's sign-in page (Ray >= 2.52
-protects a local Ray with a token), enters the output of `ray get-auth-token` as raycf's hint says, and finds
-the study's trials on the Actors page. The screenshot is kept in $RAYCF_TEST_ARTIFACTS (else the test's
+protects a local Ray with a token), enters the output of `ray get-auth-token` as raycf's hint says, finds the
+study's driver job by its name on the Jobs page, and every running trial on the Actors page by its trial id and
+model (the actor's repr). The screenshot is kept in $RAYCF_TEST_ARTIFACTS (else the test's
 tmp_path).
 
 Without the browser or its driver the test is skipped, naming what is missing, except where $CI is set:
@@ -10,6 +11,7 @@ CI installs them, and a skip there would go unnoticed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,10 +27,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-# What Ray 2.60's Actors table shows for a trial of a function trainable: class ImplicitFunc, repr the
-# trainable's name (raycf's run_trial).
-TRIAL_CLASS, TRIAL_REPR = "ImplicitFunc", "run_trial"
 SIGN_IN = "Authentication Token Required"
+JOB_NAME = "raycf tune dashboard"
+"""The Jobs page's name of the study's driver (`raycf tune <run name>`)."""
 
 
 def missing(what: str) -> None:
@@ -63,6 +64,19 @@ def wait_until(condition: Callable[[], object], seconds: float, what: str, outpu
         assert time.monotonic() < deadline, f"{what}: not within {seconds} s; raycf tune printed:\n{output()[-4000:]}"
         time.sleep(0.2)
     return value
+
+
+def running_trials(run_dir: Path, count: int) -> dict[str, str] | None:
+    """Trial id -> model of the `count` trials that started (each has a directory with params.json), None
+    before they have."""
+    started = {}
+    for params in run_dir.glob("run_trial_*/params.json"):
+        try:
+            model = json.loads(params.read_text())["trial"]["model"]
+        except (OSError, ValueError, KeyError):
+            continue
+        started["_".join(params.parent.name.split("_")[2:4])] = model  # run_trial_<id>_<number>_<values>
+    return started if len(started) >= count else None
 
 
 def session_processes(session: int) -> list[int]:
@@ -171,15 +185,26 @@ def test_the_dashboard_shows_a_studys_trials_after_signing_in_with_rays_token(tm
         except TimeoutException:
             raise AssertionError("the sign-in page stayed after submitting `ray get-auth-token`'s token") from None
 
-        wait.until(when.element_to_be_clickable((By.XPATH, "//a[normalize-space()='Actors']"))).click()
-        trial = (By.XPATH, f"//tr[td[normalize-space()='{TRIAL_CLASS}'] and td[normalize-space()='{TRIAL_REPR}']"
-                           " and td[.//*[normalize-space()='ALIVE']]]")
+        wait.until(when.element_to_be_clickable((By.XPATH, "//a[normalize-space()='Jobs']"))).click()
+        job = (By.XPATH, f"//tr[td[normalize-space()='{JOB_NAME}']]")
         try:
-            WebDriverWait(driver, 90).until(when.visibility_of_element_located(trial))
+            wait.until(when.visibility_of_element_located(job))
         except TimeoutException:
-            raise AssertionError(f"no ALIVE {TRIAL_CLASS} ({TRIAL_REPR}) row on {driver.current_url} within 90 s; "
-                                 f"it shows:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\n"
-                                 f"raycf tune printed:\n{output()[-3000:]}") from None
+            raise AssertionError(f"no job named {JOB_NAME!r} on {driver.current_url}; it shows:\n"
+                                 f"{driver.find_element(By.TAG_NAME, 'body').text[:3000]}") from None
+
+        trials = wait_until(lambda: running_trials(tmp_path / "runs" / "dashboard", 2), 120, "two running trials",
+                            output)
+        wait.until(when.element_to_be_clickable((By.XPATH, "//a[normalize-space()='Actors']"))).click()
+        for trial_id, model in trials.items():  # the repr: `trial <id> <model> <searched values>`
+            row = (By.XPATH, f"//tr[td[starts-with(normalize-space(), 'trial {trial_id} {model} ')]"
+                             " and td[.//*[normalize-space()='ALIVE']]]")
+            try:
+                WebDriverWait(driver, 90).until(when.visibility_of_element_located(row))
+            except TimeoutException:
+                raise AssertionError(f"no ALIVE actor 'trial {trial_id} {model} ...' on {driver.current_url} within "
+                                     f"90 s; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\n"
+                                     f"raycf tune printed:\n{output()[-3000:]}") from None
         assert "#/actors" in driver.current_url, driver.current_url
         assert study.poll() is None, f"raycf tune exited {study.returncode}:\n{output()[-4000:]}"
         screenshot = artifacts / "dashboard-actors.png"

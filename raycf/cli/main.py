@@ -260,13 +260,13 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
                  address: str | None, dashboard_host: str, submit_to: str | None, runtime_env: str | None,
                  no_wait: bool, verbose: bool, **overrides: Any) -> None:
     """Run a study (STUDY_FILE, YAML) of Mult-VAE, AutoRec and baseline trials on Ray Tune with ASHA."""
-    from raycf.cluster.connection import check_local_gpus, connect
+    from raycf.cluster.connection import check_local_gpus, connect, joining
     from raycf.data.source import prepare_split
     from raycf.integrations.mlflow_runs import check_tracking
     from raycf.study.memory import check_study_memory
     from raycf.study.schema import apply_overrides, load_study
     from raycf.tune import driver as tuning
-    from raycf.tune.console import quiet
+    from raycf.tune.console import quiet, tune_verbosity
     from raycf.tune.repeats import format_repeats
 
     if (study_file is None) == (resume_dir is None):
@@ -297,14 +297,20 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
                          else f"{study_file}: resources.gpus_per_trial: {study.gpus_per_trial:g}")
     split = None
     if study is not None:  # the data's errors, and a model too big for this machine, before Ray starts
+        click.echo(f"reading {study.data.describe()} and making the split")
         split = prepare_split(study.data, study.fractions, study.seed)
         check_study_memory(study, split.n_users, split.n_items)
-    for line in connect(address, dashboard_host, quiet(verbose)).describe():
+    run_name = str(resume_dir).rstrip("/").rsplit("/", 1)[-1] if study is None else \
+        name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    click.echo(joining(address))
+    for line in connect(address, dashboard_host, quiet(verbose), job_name=f"raycf tune {run_name}").describe():
         click.echo(line)
     if study is None:
         result = tuning.resume_study(str(resume_dir))
     else:
-        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name, quiet=not verbose), split)
+        click.echo(f"run directory: {Location.of(storage, run_name).uri}")
+        result = tuning.run_study(study, tuning.TuneOptions(storage=storage, name=run_name,
+                                                            verbose=tune_verbosity(verbose)), split)
     click.echo(tuning.format_leaderboard(result.leaderboard))
     if result.repeats is not None:
         click.echo(format_repeats(result.repeats))
@@ -336,7 +342,7 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
                   dashboard_host: str, submit_to: str | None, runtime_env: str | None, no_wait: bool,
                   verbose: bool, **options: Any) -> None:
     """Score every user of RUN_DIR's split with its best checkpoint (Ray Data) and write Parquet."""
-    from raycf.cluster.connection import check_local_gpus, connect
+    from raycf.cluster.connection import check_local_gpus, connect, joining
     from raycf.score.job import ScoreOptions, prepare_scoring
     from raycf.tune.console import quiet
 
@@ -352,8 +358,9 @@ def score_command(ctx: click.Context, run_dir: str, model_name: str | None, tria
     check_local_gpus(score_options.gpus_per_actor, address, what="scorer actor", way_out="--gpus-per-actor 0",
                      asked=f"--gpus-per-actor {score_options.gpus_per_actor:g}")
     job = prepare_scoring(run_dir, score_options, model=model_name, trial=trial)  # every check, before Ray
+    click.echo(joining(address))
     try:
-        connection = connect(address, dashboard_host, quiet(verbose))
+        connection = connect(address, dashboard_host, quiet(verbose), job_name=f"raycf score {run_dir}")
     except BaseException:
         job.release()
         raise

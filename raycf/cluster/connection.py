@@ -88,13 +88,23 @@ def asks_for_token(dashboard: str, timeout: float = 5.0) -> bool:
     return False
 
 
-def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST, logging_level: str = "WARNING") -> Connection:
+def joining(address: str | None) -> str:
+    """What `connect(address)` is about to do, in words (it takes seconds)."""
+    if joins_a_cluster(address):
+        return f"joining the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}"
+    return "starting a local Ray on this machine"
+
+
+def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST, logging_level: str = "WARNING",
+            job_name: str | None = None) -> Connection:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine.
 
     A local Ray's dashboard listens on `dashboard_host` only (loopback unless asked otherwise); Ray's own
-    Python loggers speak from `logging_level` up (raycf.tune.console.quiet).
+    Python loggers speak from `logging_level` up (raycf.tune.console.quiet). `job_name` names this driver's
+    job on the dashboard's Jobs page (the `job_name` of its job metadata).
     """
     import ray
+    from ray.job_config import JobConfig
 
     if ray.is_initialized():
         return Connection(None, None)
@@ -105,7 +115,8 @@ def connect(address: str | None, dashboard_host: str = DASHBOARD_HOST, logging_l
     if address not in ("local", "auto"):
         check_reachable(address)
     try:
-        context = ray.init(address=address, logging_level=getattr(logging, logging_level), **options)
+        context = ray.init(address=address, logging_level=getattr(logging, logging_level),
+                           job_config=JobConfig(metadata={"job_name": job_name} if job_name else {}), **options)
     except ConnectionError as error:
         raise RaycfError(
             f"cannot reach a Ray cluster at {address}: "

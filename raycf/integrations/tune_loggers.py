@@ -46,6 +46,8 @@ def tracking_callbacks(spec: Any, record: StudyRecord, storage: str, name: str) 
             parent = create_parent(client, experiment_id, record, name, f"{storage.rstrip('/')}/{name}")
         except MlflowException as error:
             raise RaycfError(f"{spec.mlflow_from} {spec.mlflow}: {first_line(error)}") from None
+        print(f"mlflow: experiment {record.name!r}, parent run {parent_run_url(spec.mlflow, experiment_id, parent)}",
+              flush=True)
         tags = {PARENT_TAG: parent, TAG_STUDY: record.name, TAG_RUN: name}
         callbacks.append(_logger_class()(tracking_uri=spec.mlflow, experiment_name=record.name, tags=tags))
     if spec.tensorboard:
@@ -54,7 +56,15 @@ def tracking_callbacks(spec: Any, record: StudyRecord, storage: str, name: str) 
         from ray.tune.logger import TBXLoggerCallback
 
         callbacks.append(TBXLoggerCallback())
+        print(f"tensorboard: tensorboard --logdir {storage.rstrip('/')}/{name}", flush=True)
     return callbacks
+
+
+def parent_run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The parent run's page on an MLflow server; for a database, its id and the `mlflow ui` that shows it."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{run_id} (mlflow ui --backend-store-uri {uri})"
 
 
 @functools.cache

@@ -48,6 +48,8 @@ class StudyRecord:
     """The searcher's type and the options it used (None in runs older than searchers)."""
     tracking: dict[str, Any] | None = None
     """`mlflow` (a tracking URI or None) and `tensorboard` (None: no tracking)."""
+    searched: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Each model's searched hyperparameters (what names a trial in the dashboard and the console)."""
 
     @property
     def mlflow(self) -> str | None:
@@ -65,6 +67,7 @@ class StudyRecord:
             "data_spec": dataclasses.asdict(self.data_spec), "repeat_seeds": list(self.repeat_seeds),
             "select": None if self.select is None else {"top": self.select.top, "seeds": list(self.select.seeds)},
             "checkpoint_every": self.checkpoint_every, "searcher": self.searcher, "tracking": self.tracking,
+            "searched": {model: list(names) for model, names in self.searched.items()},
         }
 
     @classmethod
@@ -85,6 +88,7 @@ class StudyRecord:
             select=None if not select else SelectRecord(select["top"], tuple(select["seeds"])),
             checkpoint_every=facts.get("checkpoint_every"), searcher=facts.get("searcher"),
             tracking=facts.get("tracking"),
+            searched={model: tuple(names) for model, names in facts.get("searched", {}).items()},
         )
 
     @classmethod

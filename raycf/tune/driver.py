@@ -45,11 +45,12 @@ from raycf.study.schema import Study
 from raycf.train.precision import PRECISION_COLUMNS
 from raycf.train.trainer import Trainer
 from raycf.tune.asha import PerModelASHA
-from raycf.tune.console import progress_reporter
+from raycf.tune.console import StudyReporter
 from raycf.tune.endings import stop_reason
 from raycf.tune.monitoring import StudyMetrics
+from raycf.tune.naming import named_trainable
 from raycf.tune.repeats import run_repeats
-from raycf.tune.search import search_setup
+from raycf.tune.search import planned_trials, search_setup
 from raycf.tune.selection import run_selection
 
 TIME_ATTR = "epoch"
@@ -194,8 +195,7 @@ class TuneOptions:
     """A local directory or a URI pyarrow understands."""
     name: str
     verbose: int = 1
-    quiet: bool = False
-    """Tune's progress table only, with the study's columns (raycf.tune.console); the CLI's default."""
+    """Tune's verbosity: 1, raycf's progress table (raycf.tune.console); 3, each trial's results too."""
 
 
 # A trial checkpoints at every improving epoch (and every `checkpoint_every`) and keeps one checkpoint, which
@@ -247,7 +247,8 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
             callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection),
                        *tracking_callbacks(study.tracking, study_record(study), str(options.storage), options.name)],
             verbose=options.verbose,
-            progress_reporter=progress_reporter(study.selection) if options.quiet else None,
+            progress_reporter=StudyReporter(study.selection, Location.of(options.storage, options.name).uri,
+                                            planned_trials(study), study_record(study).searched),
         ),
     )
 
@@ -263,14 +264,16 @@ def study_record(study: Study) -> StudyRecord:
         select=None if study.select is None else SelectRecord(study.select.top, study.select.seeds),
         checkpoint_every=study.checkpoint_every, searcher=study.searcher.describe(),
         tracking=study.tracking.describe(),
+        searched={search.model: tuple(search.search) for search in study.models},
     )
 
 
 def trainable_for(split: Split, record: StudyRecord) -> Any:
-    """run_trial with the split in the object store and the study's resources per trial."""
+    """run_trial with the split in the object store and the study's resources per trial, its actors named
+    after their trials (raycf.tune.naming)."""
     return tune.with_resources(
-        tune.with_parameters(run_trial, split=split, checkpoint_every=record.checkpoint_every,
-                             selection=record.selection),
+        named_trainable(tune.with_parameters(run_trial, split=split, checkpoint_every=record.checkpoint_every,
+                                             selection=record.selection), record.searched),
         {"cpu": record.cpus_per_trial, "gpu": record.gpus_per_trial},
     )
 

@@ -20,6 +20,7 @@ interrupted one would have made next.
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -60,6 +61,14 @@ def search_setup(study: Study) -> SearchSetup:
     )
     # The configurations come whole from the searcher: a param_space would be merged into them.
     return SearchSetup(None, searcher, study.num_samples * len(spaces), study.max_concurrent)
+
+
+def planned_trials(study: Study) -> int:
+    """How many trials the study runs: `num_samples` per grid point of each model (`random`), or per model."""
+    if study.searcher.type != "random":
+        return study.num_samples * len(study.models)
+    return study.num_samples * sum(math.prod(len(dimension.values) for dimension in search.search.values()
+                                             if dimension.kind == "grid") for search in study.models)
 
 
 class PerModelOptuna(Searcher):
