@@ -217,6 +217,31 @@ def test_two_scorings_of_two_models_keep_both_summaries_and_test_metrics(tracked
         assert bool(tested) == (run.data.tags[TAG_TRIAL] in scored_ids), (run.data.tags[TAG_TRIAL], tested)
 
 
+def test_an_out_that_would_replace_the_run_or_its_files_is_refused(tracked: TrackedRun,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A scoring replaces its --out whole (and logs it under an artifact directory named after it): the run
+    directory itself, its split, the folder of runs or a file is refused in one line, and nothing changes."""
+    def files() -> list[tuple[str, int]]:
+        return sorted((str(path), path.stat().st_size) for path in tracked.run_dir.parent.rglob("*"))
+
+    def artifacts() -> list[str]:
+        return [artifact.path for artifact in client.list_artifacts(parent.info.run_id)]
+
+    client = MlflowClient(tracked.uri)
+    parent, _ = study_runs(client, "tracked")
+    before, logged = files(), artifacts()
+    capsys.readouterr()
+    refusal = "which is no `raycf score` output, and a scoring replaces its --out whole; give a new directory"
+    for out, fragment in ((tracked.run_dir, refusal), (tracked.run_dir / "split", refusal),
+                          (tracked.run_dir.parent, f"holds tracked, {refusal}"),
+                          (tracked.run_dir / STUDY_FILE, "a file, not a directory")):
+        assert run_raycf("score", str(tracked.run_dir), "--out", str(out)) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith(f"raycf: error: --out {out}: "), error
+        assert fragment in error, error
+    assert files() == before and artifacts() == logged
+
+
 def test_tensorboard_event_files_in_every_trial_directory(tracked: TrackedRun) -> None:
     trial_dirs = [path for path in tracked.run_dir.iterdir() if path.is_dir() and path.name.startswith("run_trial")]
     assert len(trial_dirs) == 6
