@@ -36,6 +36,7 @@ from raycf.integrations.mlflow_runs import (
     log_artifacts,
     log_scoring,
     mlflow_name,
+    output_artifact_dir,
     probe,
 )
 from raycf.integrations.tune_loggers import tracking_callbacks
@@ -203,6 +204,14 @@ def test_two_scorings_of_two_models_keep_both_summaries_and_test_metrics(tracked
     for run in children:
         tested = {name for name in client.get_run(run.info.run_id).data.metrics if name.startswith("test_")}
         assert bool(tested) == (run.data.tags[TAG_TRIAL] in scored_ids), (run.data.tags[TAG_TRIAL], tested)
+
+
+def test_each_output_has_an_artifact_directory_of_its_own(tmp_path: Path) -> None:
+    run = Location.of(str(tmp_path / "runs" / "study"), "")
+    assert output_artifact_dir(run, run.child("scores")) == "scores"
+    assert output_artifact_dir(run, run.child("scores/ease")) == "scores/ease"
+    elsewhere = tmp_path / "runs" / "study-scores"  # beside the run, its name starting as the run's
+    assert output_artifact_dir(run, Location.of(str(elsewhere), "")) == str(elsewhere).lstrip("/")
 
 
 def test_an_out_that_would_replace_the_run_or_its_files_is_refused(tracked: TrackedRun,
