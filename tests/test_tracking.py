@@ -36,6 +36,7 @@ from raycf.integrations.mlflow_runs import (
     log_artifacts,
     log_scoring,
     mlflow_name,
+    output_artifact_dir,
     probe,
 )
 from raycf.integrations.tune_loggers import tracking_callbacks
@@ -163,24 +164,12 @@ def test_the_parent_run_holds_the_studys_results(tracked: TrackedRun, tmp_path: 
     assert facts["tracking"] == {"mlflow": tracked.uri, "tensorboard": True}
 
 
-def test_report_and_scoring_summary_are_logged_on_the_parent_run(tracked: TrackedRun, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """What `raycf report` and `raycf score` call when they have written their outputs."""
+def test_the_report_is_logged_on_the_parent_run(tracked: TrackedRun, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_raycf("report", str(tracked.run_dir)) == 0
     client = MlflowClient(tracked.uri)
     parent, _ = study_runs(client, "tracked")
     assert log_artifacts(str(tracked.run_dir), ["report.html"]) == parent.info.run_id
-    scores = tmp_path / "scores"
-    scores.mkdir()
-    (scores / "summary.json").write_text('{"ndcg": 0.3}\n')
-    from raycf.storage.location import Location
-
-    assert log_artifacts(tracked.run_dir.as_posix(), ["summary.json"], source=Location.of(str(scores), ""),
-                         artifact_path="scores") == parent.info.run_id
-    artifacts = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
-    assert "report.html" in artifacts
-    assert [artifact.path for artifact in client.list_artifacts(parent.info.run_id, "scores")] == [
-        "scores/summary.json"]
+    assert "report.html" in {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
     assert capsys.readouterr().err.count("raycf: warning") == 0
 
 
@@ -215,6 +204,39 @@ def test_two_scorings_of_two_models_keep_both_summaries_and_test_metrics(tracked
     for run in children:
         tested = {name for name in client.get_run(run.info.run_id).data.metrics if name.startswith("test_")}
         assert bool(tested) == (run.data.tags[TAG_TRIAL] in scored_ids), (run.data.tags[TAG_TRIAL], tested)
+
+
+def test_each_output_has_an_artifact_directory_of_its_own(tmp_path: Path) -> None:
+    run = Location.of(str(tmp_path / "runs" / "study"), "")
+    assert output_artifact_dir(run, run.child("scores")) == "scores"
+    assert output_artifact_dir(run, run.child("scores/ease")) == "scores/ease"
+    elsewhere = tmp_path / "runs" / "study-scores"  # beside the run, its name starting as the run's
+    assert output_artifact_dir(run, Location.of(str(elsewhere), "")) == str(elsewhere).lstrip("/")
+
+
+def test_an_out_that_would_replace_the_run_or_its_files_is_refused(tracked: TrackedRun,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A scoring replaces its --out whole (and logs it under an artifact directory named after it): the run
+    directory itself, its split, the folder of runs or a file is refused in one line, and nothing changes."""
+    def files() -> list[tuple[str, int]]:
+        return sorted((str(path), path.stat().st_size) for path in tracked.run_dir.parent.rglob("*"))
+
+    def artifacts() -> list[str]:
+        return [artifact.path for artifact in client.list_artifacts(parent.info.run_id)]
+
+    client = MlflowClient(tracked.uri)
+    parent, _ = study_runs(client, "tracked")
+    before, logged = files(), artifacts()
+    capsys.readouterr()
+    refusal = "which is no `raycf score` output, and a scoring replaces its --out whole; give a new directory"
+    for out, fragment in ((tracked.run_dir, refusal), (tracked.run_dir / "split", refusal),
+                          (tracked.run_dir.parent, f"holds tracked, {refusal}"),
+                          (tracked.run_dir / STUDY_FILE, "a file, not a directory")):
+        assert run_raycf("score", str(tracked.run_dir), "--out", str(out)) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith(f"raycf: error: --out {out}: "), error
+        assert fragment in error, error
+    assert files() == before and artifacts() == logged
 
 
 def test_tensorboard_event_files_in_every_trial_directory(tracked: TrackedRun) -> None:

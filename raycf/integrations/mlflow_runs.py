@@ -247,19 +247,16 @@ def _parent_of(run: Location, what: str) -> ParentRun | None:
     return ParentRun(client, parent, experiment_id, uri)
 
 
-def log_artifacts(run_location: Location | str, files: Iterable[str], source: Location | None = None,
-                  artifact_path: str | None = None) -> str | None:
-    """Log `files` (names of files in `source`, default the run directory) as artifacts of the MLflow parent run
-    of the `raycf tune` run directory `run_location`, under `artifact_path`. A no-op (None) for a run directory
-    without MLflow tracking in its study.json; else the parent run's id. Never raises: the outputs are
-    written already, so a server that does not answer (or no mlflow package) is one warning line on stderr."""
+def log_artifacts(run_location: Location | str, files: Iterable[str]) -> str | None:
+    """Log `files` (names of files in the run directory) as artifacts of the MLflow parent run of the
+    `raycf tune` run directory `run_location`. A no-op (None) for a run directory without MLflow tracking in
+    its study.json; else the parent run's id. Never raises: the outputs are written already, so a server
+    that does not answer (or no mlflow package) is one warning line on stderr."""
     run = Location.of(run_location, "") if isinstance(run_location, str) else run_location
     names = list(files)
     what = ", ".join(names)
     found = _parent_of(run, what)
-    if found is None:
-        return None
-    if _log_files(found, source or run, names, artifact_path, what):
+    if found is not None and _log_files(found, run, names, None, what):
         return found.run_id
     return None
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -65,7 +66,7 @@ from raycf.runs.layout import (
 from raycf.runs.targets import RunTarget, read_checkpoint_bytes, resolve_target
 from raycf.score.monitoring import ScoringMetrics
 from raycf.storage.atomic import DirectoryLock, PendingOutput
-from raycf.storage.location import Location, parquet_bytes
+from raycf.storage.location import POINTER_FILE, VERSION_PREFIX, Location, parquet_bytes
 
 USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
 """user_metrics/'s columns; the report metrics follow, by label (`recall@20`)."""
@@ -255,11 +256,37 @@ def failures_explained(out: Location, options: ScoreOptions) -> Iterator[None]:
                          f"choose another --out ({as_it_was})") from None
 
 
+SCORING_OUTPUT = frozenset({TOPK_DIR, USER_METRICS_DIR, SUMMARY_JSON, SUMMARY_PARQUET, POINTER_FILE})
+"""What a committed scoring output holds (on an object store: a pointer and `v-*` versions)."""
+
+
+def check_replaceable(out: Location) -> None:
+    """A scoring replaces its output whole: refuse an --out that holds anything but an earlier scoring output (a
+    run directory, its split, a folder of runs, a file), which that would delete."""
+    try:
+        info = out.filesystem.get_file_info(out.path)
+        if info.type == pafs.FileType.NotFound:
+            return
+        if info.type != pafs.FileType.Directory:
+            raise RaycfError(f"--out {out.uri}: a file, not a directory; give a new directory for the scoring output")
+        names = sorted(entry.base_name for entry in out.filesystem.get_file_info(pafs.FileSelector(out.path)))
+    except OSError as error:
+        raise RaycfError(f"--out {out.uri}: cannot read what is there ({str(error).splitlines()[0]}); choose "
+                         "another --out") from None
+    foreign = [name for name in names if name not in SCORING_OUTPUT and not name.startswith(VERSION_PREFIX)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise RaycfError(f"--out {out.uri}: holds {shown}, which is no `raycf score` output, and a scoring replaces "
+                         "its --out whole; give a new directory (e.g. RUN_DIR/scores-NAME) or an earlier scoring "
+                         "output (nothing was written)")
+
+
 def stage_output(out: Location) -> tuple[DirectoryLock | None, PendingOutput]:
     """Lock a local output (see DirectoryLock), remove staging directories of killed runs, stage a new one.
 
     Returns the lock (None for an object-store URI, which cannot be locked) and the pending output."""
     out.check_access("--out")
+    check_replaceable(out)
     lock = DirectoryLock(Path(out.path)) if not out.is_object_store else None
     try:
         if lock is not None:
