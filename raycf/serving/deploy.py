@@ -8,7 +8,7 @@ import importlib
 import importlib.metadata
 import json
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,12 @@ class ServeOptions:
 
 @dataclass(frozen=True)
 class Serving:
-    """A running application: its URL, and a user of its run (for examples)."""
+    """A running application: its URL, a user of its run (for examples), and where to watch the Ray it runs on
+    (the dashboard, Prometheus: lines to show; none when this process had joined Ray before)."""
 
     url: str
     example_user: Any
+    watch: list[str] = field(default_factory=list)
 
     def curl_example(self) -> str:
         body = json.dumps({"user_id": self.example_user, "k": 10})
@@ -119,7 +121,7 @@ def deploy(args: AppArgs, options: ServeOptions, logging_level: str = "WARNING")
 
     from raycf.serving.app import application
 
-    connect(options.address, logging_level=logging_level)
+    connection = connect(options.address, logging_level=logging_level)
     if not serve.status().proxies:
         check_port_free(options)
         serve.start(proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port})
@@ -127,7 +129,7 @@ def deploy(args: AppArgs, options: ServeOptions, logging_level: str = "WARNING")
         serve.run(application(args), name=APP_NAME, route_prefix="/")
     except RuntimeError as error:
         raise RaycfError(f"the application did not start: {str(error).splitlines()[0]}") from None
-    return Serving(f"http://{options.host}:{options.port}", run.split.user_ids[:1].tolist()[0])
+    return Serving(f"http://{options.host}:{options.port}", run.split.user_ids[:1].tolist()[0], connection.describe())
 
 
 def shutdown() -> None:
