@@ -63,6 +63,7 @@ class Serving:
 
 
 def importable(name: str) -> bool:
+    """Whether module `name` imports (a missing dependency of it counts as missing)."""
     try:
         importlib.import_module(name)
     except ImportError:
@@ -79,6 +80,7 @@ def check_serve_installed() -> None:
 
 
 def check_options(args: AppArgs, options: ServeOptions) -> None:
+    """RaycfError naming the first option out of range."""
     if not 1 <= options.port <= 65535:
         raise RaycfError(f"--port must be from 1 to 65535, got {options.port}")
     for name, value in (("--replicas", args.replicas), ("--max-batch-size", args.max_batch_size)):
