@@ -48,6 +48,7 @@ class Recommendations:
 
 
 def positive_int(name: str, value: Any) -> int:
+    """`recommend`'s `name` argument as an int >= 1; RaycfError naming it otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise RaycfError(f"recommend: {name} must be an integer >= 1, got {value!r}")
     return int(value)

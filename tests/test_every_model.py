@@ -161,6 +161,26 @@ class TestEveryModel:
         assert frame["user"].tolist() == ["new"] * K + ["lost"] * K + ["known"] * K
         assert frame["fallback"].tolist() == [True] * 2 * K + [False] * K
 
+    def test_raycf_scores_actor_gives_a_user_without_input_the_most_popular_items(self, ray_cluster, run,
+                                                                                   split) -> None:
+        import pyarrow as pa
+        import ray
+
+        from raycf.eval.ranking import item_popularity
+        from raycf.score.job import Scorer, explode_topk, user_table
+
+        users = user_table(split, np.arange(3))
+        emptied = pa.array([[], *users["train"].to_pylist()[1:]], type=pa.list_(pa.int32()))
+        users = users.set_column(users.schema.get_field_index("train"), "train", emptied)
+        popularity = item_popularity(split.train)
+        scorer = Scorer([ray.put((run / CHECKPOINT_NAME).read_bytes())], split.item_ids, popularity, K, "train", 1,
+                        "cpu")
+        topk = explode_topk(scorer(users)).to_pandas()
+        assert topk["fallback"].tolist() == [True] * K + [False] * 2 * K
+        popular = np.argsort(-popularity, kind="stable")[:K]
+        assert topk["item_id"][:K].tolist() == split.item_ids[popular].tolist()
+        assert topk["score"][:K].tolist() == popularity[popular].tolist()
+
     def test_resumes_from_a_trial_checkpoint_as_if_never_stopped(self, config, split, straight, tmp_path) -> None:
         trainer, reports = straight
         first = Trainer(split, config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -203,3 +204,88 @@ def test_a_busy_port_and_a_missing_ray_serve_are_refused_before_ray_starts(runs)
                                   capture_output=True, text=True, timeout=120, env=environment)
             assert done.returncode == 2 and done.stderr.splitlines() == [done.stderr.strip()], done.stderr
             assert done.stderr.startswith(message)
+
+
+def test_replicas_export_raycf_metrics_to_prometheus(ray_cluster, runs, port) -> None:
+    """raycf's request, latency, fallback and batch-size metrics on the Ray nodes' Prometheus endpoints (the
+    replica's node exports them; Ray reports them every few seconds, so they are polled)."""
+    serving = raycf.serve(str(runs["ease"]), port=port, cpus_per_replica=0.25)
+    assert post(f"{serving.url}/recommend", {"items": [], "k": 3}).json()["fallback"] is True
+    endpoints = [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+                 for node in ray_cluster.nodes() if node["Alive"]]
+    wanted = ("ray_raycf_serve_requests", "ray_raycf_serve_latency_ms_bucket", "ray_raycf_serve_fallbacks",
+              "ray_raycf_serve_batch_size_bucket")
+    deadline = time.monotonic() + 60
+    while True:
+        text = "\n".join(httpx.get(endpoint, timeout=10).text for endpoint in endpoints)
+        found = [name for name in wanted if f"\n{name}{{" in text or f"\n{name}_total{{" in text]
+        if len(found) == len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert found == list(wanted), found
+    assert 'route="/recommend"' in text and 'status="200"' in text
+
+
+def test_the_command_serves_until_ctrl_c_and_the_dashboard_shows_the_application(runs, tmp_path) -> None:
+    """`raycf serve RUN` as a person runs it (its own local Ray, token auth on): the URL, the curl example that
+    answers, the Ray dashboard's Serve page (headless Chromium, signed in with `ray get-auth-token`) showing the
+    application RUNNING; Ctrl-C then stops it cleanly."""
+    from test_dashboard import BIN, browser_and_driver, stop, wait_until
+
+    browser, chromedriver = browser_and_driver()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as when
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS" and not key.startswith("RAY_AUTH")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    (port,) = free_ports(1)
+    command = subprocess.Popen([sys.executable, "-m", "raycf", "serve", str(runs["ease"]), "--port", str(port),
+                                "--cpus-per-replica", "0.5"], env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(command.stdout), daemon=True)
+    reader.start()
+
+    def output() -> str:
+        return "".join(lines)
+
+    driver = None
+    try:
+        curl = wait_until(lambda: next((line for line in lines if line.startswith("curl ")), None), 180,
+                          "the curl example", output)
+        assert f"serving {runs['ease']} at http://127.0.0.1:{port}" in output()
+        body = curl.split(" -d ", 1)[1].strip().strip("'")
+        answer = post(f"http://127.0.0.1:{port}/recommend", body.encode()).json()
+        assert answer["model"] == "ease" and len(answer["items"]) == 10, answer
+        dashboard = next(line for line in lines if line.startswith("Ray dashboard: ")).split(": ", 1)[1].strip()
+        token = subprocess.run([str(BIN / "ray"), "get-auth-token"], env=env, capture_output=True, text=True,
+                               timeout=60, check=True).stdout.strip()
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+            options.add_argument(argument)
+        driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"{dashboard}/#/serve")
+        dialog = wait.until(when.visibility_of_element_located((By.XPATH, "//*[@role='dialog']")))
+        dialog.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(token)
+        dialog.find_element(By.XPATH, ".//button[normalize-space()='Submit']").click()
+        application = (By.XPATH, "//tr[td[.//text()[normalize-space()='raycf']] and td[.//*[normalize-space()="
+                                 "'RUNNING'] or normalize-space()='RUNNING']]")
+        try:
+            wait.until(when.visibility_of_element_located(application))
+        except Exception:
+            driver.save_screenshot(str(tmp_path / "serve-page.png"))
+            raise AssertionError(f"no RUNNING raycf application on {driver.current_url}: "
+                                 f"{driver.find_element(By.TAG_NAME, 'body').text[:2000]}") from None
+        command.send_signal(signal.SIGINT)
+        assert command.wait(60) == 0, output()[-3000:]
+        assert lines[-1].strip() == "raycf serve: stopped", output()[-3000:]
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop(command)
+        reader.join(10)

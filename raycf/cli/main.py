@@ -400,6 +400,8 @@ def serve_command(run_dir: str, model_name: str | None, trial: str | None, host:
                    f"{config_file})")
         return
     serving = deploy(args, options)
+    for line in serving.watch:
+        click.echo(line)
     click.echo(f"serving {run_dir} at {serving.url} (POST /recommend, POST /recommend/batch, GET /model, "
                "GET /healthz); Ctrl-C stops it")
     click.echo(serving.curl_example())

@@ -21,6 +21,7 @@ def id_kind(item_ids: np.ndarray) -> str:
 
 
 def is_item_id(value: Any, integer_ids: bool) -> bool:
+    """Whether `value` is a raw id of the kind given: an int (not a bool) or a string."""
     if integer_ids:
         return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     return isinstance(value, str)

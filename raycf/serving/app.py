@@ -111,9 +111,16 @@ async def json_body(request: Request) -> Any:
 
 def application(args: AppArgs) -> serve.Application:
     """The application for `args`: its deployment with their replicas and CPUs."""
-    deployment = cast(serve.Deployment, Recommender).options(num_replicas=args.replicas,
-                                     ray_actor_options={"num_cpus": args.cpus_per_replica})
+    deployment = cast(serve.Deployment, Recommender).options(
+        num_replicas=args.replicas, ray_actor_options={"num_cpus": args.cpus_per_replica},
+        max_ongoing_requests=ongoing_requests(args.max_batch_size))
     return deployment.bind(asdict(args))
+
+
+def ongoing_requests(max_batch_size: int) -> int:
+    """Requests a replica takes at once: room for two full batches (one ranked while the next fills), at least
+    Serve's default 5."""
+    return max(5, 2 * max_batch_size)
 
 
 def build(args: dict[str, Any]) -> serve.Application:

@@ -8,7 +8,7 @@ import importlib
 import importlib.metadata
 import json
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,12 @@ class ServeOptions:
 
 @dataclass(frozen=True)
 class Serving:
-    """A running application: its URL, and a user of its run (for examples)."""
+    """A running application: its URL, a user of its run (for examples), and where to watch the Ray it runs on
+    (the dashboard, Prometheus: lines to show; none when this process had joined Ray before)."""
 
     url: str
     example_user: Any
+    watch: list[str] = field(default_factory=list)
 
     def curl_example(self) -> str:
         body = json.dumps({"user_id": self.example_user, "k": 10})
@@ -61,6 +63,7 @@ class Serving:
 
 
 def importable(name: str) -> bool:
+    """Whether module `name` imports (a missing dependency of it counts as missing)."""
     try:
         importlib.import_module(name)
     except ImportError:
@@ -77,6 +80,7 @@ def check_serve_installed() -> None:
 
 
 def check_options(args: AppArgs, options: ServeOptions) -> None:
+    """RaycfError naming the first option out of range."""
     if not 1 <= options.port <= 65535:
         raise RaycfError(f"--port must be from 1 to 65535, got {options.port}")
     for name, value in (("--replicas", args.replicas), ("--max-batch-size", args.max_batch_size)):
@@ -119,7 +123,7 @@ def deploy(args: AppArgs, options: ServeOptions, logging_level: str = "WARNING")
 
     from raycf.serving.app import application
 
-    connect(options.address, logging_level=logging_level)
+    connection = connect(options.address, logging_level=logging_level)
     if not serve.status().proxies:
         check_port_free(options)
         serve.start(proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port})
@@ -127,7 +131,7 @@ def deploy(args: AppArgs, options: ServeOptions, logging_level: str = "WARNING")
         serve.run(application(args), name=APP_NAME, route_prefix="/")
     except RuntimeError as error:
         raise RaycfError(f"the application did not start: {str(error).splitlines()[0]}") from None
-    return Serving(f"http://{options.host}:{options.port}", run.split.user_ids[:1].tolist()[0])
+    return Serving(f"http://{options.host}:{options.port}", run.split.user_ids[:1].tolist()[0], connection.describe())
 
 
 def shutdown() -> None:
