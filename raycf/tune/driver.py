@@ -44,6 +44,7 @@ from raycf.study.memory import check_study_memory
 from raycf.study.schema import Study
 from raycf.train.trainer import Trainer
 from raycf.tune.asha import PerModelASHA
+from raycf.tune.checkpoints import checkpoint_callbacks
 from raycf.tune.console import progress_reporter
 from raycf.tune.endings import stop_reason
 from raycf.tune.monitoring import StudyMetrics
@@ -196,19 +197,6 @@ class TuneOptions:
     """Tune's progress table only, with the study's columns (raycf.tune.console); the CLI's default."""
 
 
-# A trial checkpoints at every improving epoch (and every `checkpoint_every`) and keeps one checkpoint, which
-# makes Tune snapshot its experiment state each time (so that --resume never points at a deleted checkpoint):
-# that is intended.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-KEPT_CHECKPOINTS = 2
-"""Checkpoints kept per trial. Tune deletes a trial's older checkpoint when it registers a newer one, and
-uploads its experiment state (what --resume restores from) a moment later: with one kept, a driver killed
-in between leaves a state that names a deleted checkpoint, and the trial cannot be restored.
-The one before the newest survives that window."""
-
-
 def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
     """A Tuner for `study` whose trials share `split` through the object store."""
     from ray.tune.schedulers import FIFOScheduler
@@ -239,10 +227,11 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=options.name,
             storage_path=str(options.storage),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # raycf.tune.checkpoints prunes them
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection),
-                       *tracking_callbacks(study.tracking, study_record(study), str(options.storage), options.name)],
+                       *tracking_callbacks(study.tracking, study_record(study), str(options.storage), options.name),
+                       *checkpoint_callbacks()],
             verbose=options.verbose,
             progress_reporter=progress_reporter(study.selection) if options.quiet else None,
         ),
