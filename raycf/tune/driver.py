@@ -42,6 +42,7 @@ from raycf.runs.trials import rank_trials, seed_means
 from raycf.storage.location import Location, parquet_bytes
 from raycf.study.memory import check_study_memory
 from raycf.study.schema import Study
+from raycf.train.memory import check_fit_memory
 from raycf.train.trainer import Trainer
 from raycf.tune.asha import PerModelASHA
 from raycf.tune.checkpoints import checkpoint_callbacks
@@ -107,8 +108,11 @@ def run_trial(
     resources = context.get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
     device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
-    trainer = Trainer(split, train_config, device, selection)
     node_id = context.get_node_id()
+    # this node's memory, for this trial's own configuration, before the model is built
+    check_fit_memory(train_config, split.n_users, split.n_items,
+                     f"trial {tune.get_context().get_trial_name()} on node {node_id}")
+    trainer = Trainer(split, train_config, device, selection)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -344,6 +348,15 @@ def relative_to(location: Location, path: str) -> str:
     return path[len(prefix):]
 
 
+def error_line(error: BaseException) -> str:
+    """What went wrong in a trial, in one line: the exception raised in the trial (`RayTaskError.cause`) rather
+    than the line Ray heads it with (`ray::ImplicitFunc.train() (pid=...)`)."""
+    cause = getattr(error, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else error
+    lines = str(shown).strip().splitlines() or [type(shown).__name__]
+    return lines[0][:300]
+
+
 def trial_table(location: Location, record: StudyRecord, results: tune.ResultGrid) -> pd.DataFrame:
     """One row per trial: its hyperparameters, best epoch, best validation metrics, checkpoint and retries."""
     retries = json.loads(location.read_bytes(RETRIES_FILE)) if location.has(RETRIES_FILE) else {}
@@ -362,7 +375,7 @@ def trial_table(location: Location, record: StudyRecord, results: tune.ResultGri
             "valid_se": float(metrics.get("best_valid_se", float("nan"))),
             "checkpoint": (relative_to(location, f"{result.checkpoint.path}/{MODEL_FILE}")
                            if result.checkpoint else None),
-            "error": str(result.error).splitlines()[0][:300] if result.error else None,
+            "error": error_line(result.error) if result.error else None,
             "retries": int(retries.get(Path(result.path).name, 0)),
             "node_id": metrics.get("node_id"),
             "config": json.dumps(config, sort_keys=True),
