@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import ray
 import torch
@@ -22,6 +23,7 @@ from raycf.data.spec import DataSpec
 from raycf.models import build_model
 from raycf.models.checkpoint import save_checkpoint
 from raycf.models.config import TrainConfig
+from raycf.train.memory import MEMORY_LIMIT_ENV
 from raycf.train.trainer import run_training
 
 Args = Callable[[Path], list[str]]
@@ -340,3 +342,59 @@ def test_a_run_name_in_use_is_refused_before_ray_starts(
     assert code == 2 and error.count("\n") == 1, error
     assert f"raycf: error: {storage}/taken: a run of that name exists; pick another --name" in error
     assert written() == before
+
+
+EASE_STUDY = """
+name: big
+data:
+  dataset: synthetic
+  synthetic: {n_users: 300, n_items: 400}
+resources: {cpus_per_trial: 2}
+max_failures: 0
+models:
+  ease:
+    search:
+      l2: {grid: [10.0, 100.0]}
+"""
+EASE_NEEDS = 16 * 400 * 400
+"""Bytes EASE needs to fit 400 items (raycf.models.ease.fit_bytes)."""
+
+
+@pytest.mark.parametrize(("limit", "where", "fix"), [
+    (str(EASE_NEEDS / 2**30 / 2), "s.yaml: models.ease: ease on 400 items needs", f"or a higher {MEMORY_LIMIT_ENV}"),
+    ("lots", f"{MEMORY_LIMIT_ENV}='lots': expected a number of GiB > 0", "unset it"),
+], ids=["under-the-need", "not-a-number"])
+def test_a_memory_limit_is_checked_before_ray_starts(
+    limit: str, where: str, fix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(ray, "is_initialized", no_ray_yet)
+    monkeypatch.setattr(ray, "init", refuse_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, limit)
+    (tmp_path / "s.yaml").write_text(EASE_STUDY)
+    code = run_raycf("tune", str(tmp_path / "s.yaml"), "--storage", str(tmp_path / "runs"))
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and where in error and fix in error, error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_fit_too_big_for_the_node_that_fits_it_is_refused_there(
+    session_cluster, ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The driver has the memory; the only node with room for a trial (2 CPUs) has less (MEMORY_LIMIT_ENV in its
+    raylet's environment): each trial refuses on that node before it builds its model."""
+    node = session_cluster.add_node(num_cpus=2, env_vars={MEMORY_LIMIT_ENV: str(EASE_NEEDS / 2**30 / 2)})
+    session_cluster.wait_for_nodes()
+    try:
+        (tmp_path / "s.yaml").write_text(EASE_STUDY)
+        code = run_raycf("tune", str(tmp_path / "s.yaml"), "--storage", str(tmp_path), "--name", "run")
+    finally:
+        session_cluster.remove_node(node)
+    error = capsys.readouterr().err
+    assert code == 2 and "no trial finished an epoch" in error, error
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    assert len(trials) == 2 and trials["checkpoint"].isna().all(), trials.to_dict()
+    for message in trials["error"]:
+        assert f"on node {node.node_id}: ease on 400 items needs" in message, message
+        assert f"({EASE_NEEDS // 2:,} bytes) is available here" in message, message

@@ -7,16 +7,19 @@ record of what ran where; the assertions compare it before and after each fault.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 import torch
 from conftest import load_checkpoint, run_raycf
 
@@ -26,6 +29,7 @@ from raycf.runs.layout import BEST_FILE
 from raycf.runs.record import StudyRecord
 from raycf.storage.location import Location
 from raycf.train.trainer import Trainer
+from raycf.tune.checkpoints import KILL_DRIVER_ENV
 from raycf.tune.driver import (
     ENDED_FILE,
     MODEL_FILE,
@@ -70,15 +74,26 @@ def write_study(tmp_path: Path, max_t: int, patiences: list[int], checkpoint_eve
 
 
 def result_rows(trial_dir: Path) -> list[Row]:
-    """The trial's reported epochs as the run directory holds them now (a line being written is left out)."""
+    """The trial's reported epochs as the run directory holds them now. A line being written is left out; a line
+    that a killed driver's upload cut short, and a resumed driver appended to, gives the appended result."""
     path = trial_dir / "result.json"
     rows = []
     for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+        row = last_whole_result(line)
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def last_whole_result(line: str) -> Row | None:
+    """The result a line holds, or the one that makes up its end after a cut-short one; None for neither."""
+    for start in (index for index, char in enumerate(line) if char == "{"):
+        try:
+            row = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        return row if "trial_id" in row else None
+    return None
 
 
 def all_rows(run_dir: Path) -> dict[str, list[Row]]:
@@ -197,11 +212,16 @@ def kill_driver(ray_cluster, driver: subprocess.Popen) -> float:
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     killed_at = time.time()
-    deadline = time.monotonic() + 60  # Ray ends the dead driver's trial actors: wait for their CPUs back
+    wait_for_trials_to_end(ray_cluster)
+    return killed_at
+
+
+def wait_for_trials_to_end(ray_cluster) -> None:
+    """Ray ends a dead driver's trial actors: wait for their CPUs back."""
+    deadline = time.monotonic() + 60
     while ray_cluster.available_resources().get("CPU", 0) < ray_cluster.cluster_resources()["CPU"]:
         assert time.monotonic() < deadline, "the killed driver's trials still hold their CPUs after 60 s"
         time.sleep(0.1)
-    return killed_at
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, tmp_path):
@@ -304,3 +324,89 @@ def test_trials_restored_after_their_end_do_not_train_again(ray_cluster, tiny_st
     columns = ["trial_id", "epochs_run", "best_epoch", "valid_ndcg", "stopped_by", "checkpoint", "retries"]
     assert pd.read_parquet(run_dir / TRIALS_FILE)[columns].sort_values("trial_id").reset_index(drop=True).equals(
         trials[columns].sort_values("trial_id").reset_index(drop=True))
+
+
+def run_cli(argv: list[str], env: dict[str, str], log: str) -> None:
+    """`raycf ARGV` in a process of the fork server, with these environment variables and its output in `log`."""
+    from raycf.cli.main import main
+
+    os.environ.update(env)
+    with open(log, "a") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    main(argv)
+
+
+@pytest.fixture(scope="module")
+def drivers() -> Iterator[Any]:
+    """Processes forked from one that has imported raycf already: a driver starts in a second, not in ten."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["raycf.cli.main", "raycf.tune.driver", "raycf.data.source"])
+    yield context
+
+
+def drive(ray_cluster, drivers: Any, tmp_path: Path, args: list[str], kill_at: int | None) -> int | None:
+    """`raycf ARGS` as a driver of its own on the session's cluster; with `kill_at`, the driver kills itself
+    (KILL_DRIVER_ENV) once a trial has registered that many checkpoints. Its exit code once Ray ended its trials."""
+    env = {KILL_DRIVER_ENV: str(kill_at or "")}
+    argv = [*args, "--address", ray_cluster.get_runtime_context().gcs_address]
+    process = drivers.Process(target=run_cli, args=(argv, env, str(tmp_path / "driver.log")))
+    process.start()
+    process.join(timeout=300)
+    wait_for_trials_to_end(ray_cluster)
+    return process.exitcode
+
+
+def named_checkpoints_exist(run_dir: Path) -> dict[str, tuple[str, int | None]]:
+    """tune_state, asserting that each checkpoint the saved experiment state names is still there."""
+    try:
+        return tune_state(run_dir)
+    except FileNotFoundError as error:
+        raise AssertionError(f"the saved experiment state names a deleted checkpoint: {error}") from None
+
+
+def sessions_of(rows: list[Row]) -> list[list[Row]]:
+    """A trial's results cut where another worker process (a new driver session's) reported."""
+    runs: list[list[Row]] = []
+    for row in rows:
+        if not runs or runs[-1][-1]["pid"] != row["pid"]:
+            runs.append([])
+        runs[-1].append(row)
+    return runs
+
+
+RESUMES = 20
+
+
+def test_a_driver_killed_right_after_each_checkpoint_resumes_every_time(ray_cluster, drivers, tmp_path):
+    """The driver is killed 1 + RESUMES times, each time right after Tune registered a trial's 2nd to 4th
+    checkpoint of the session, before it saved its state (where Tune's own pruning had deleted the checkpoint its
+    saved state named); each `raycf tune --resume` continues every trial from the checkpoint that the saved state
+    names: no epoch is lost, none before that checkpoint is trained again, and no trial errors."""
+    study = write_study(tmp_path, max_t=40, patiences=[40], checkpoint_every=1)
+    run_dir = tmp_path / "run"
+    args = ["tune", str(study), "--storage", str(tmp_path), "--name", "run"]
+    kills: list[tuple[float, dict[str, tuple[str, int | None]]]] = [(0.0, {})]
+    """When each session ended, and what the saved state then named: where the next session starts."""
+    for session in range(1 + RESUMES):
+        code = drive(ray_cluster, drivers, tmp_path, args, kill_at=2 + session % 3)
+        assert code == -signal.SIGKILL, f"session {session} was not killed (exit {code}): see {tmp_path}/driver.log"
+        kills.append((time.time(), named_checkpoints_exist(run_dir)))
+        args = ["tune", "--resume", str(run_dir)]
+    assert drive(ray_cluster, drivers, tmp_path, args, kill_at=None) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    trials = pd.read_parquet(run_dir / TRIALS_FILE).set_index("trial_id")
+    assert trials["error"].isna().all() and (trials["retries"] == 0).all(), trials.to_dict()
+    checked = 0
+    for name, rows in all_rows(run_dir).items():
+        trial_id = rows[0]["trial_id"]
+        for run in sessions_of(rows):  # each session's first epoch follows the checkpoint the saved state named
+            _, held = [state for killed_at, state in kills if killed_at < run[0]["timestamp"]][-1].get(
+                trial_id, ("", None))
+            assert run[0]["epoch"] == (held or 0) + 1, (name, held, [row["epoch"] for row in run])
+            assert [row["epoch"] for row in run] == list(range(run[0]["epoch"], run[-1]["epoch"] + 1))
+            checked += 1
+        assert ended(rows) and rows[-1]["epoch"] == trials.loc[trial_id, "epochs_run"] == 40
+        assert [path.name for path in (run_dir / name).glob("checkpoint_*")] == [
+            Path(trials.loc[trial_id, "checkpoint"]).parent.name], "the older checkpoints are left after the end"
+    print(f"\ndriver killed {len(kills) - 1} times inside the window, resumed {RESUMES + 1} times; trial sessions "
+          f"that started where the saved state said {checked}; trials errored 0")

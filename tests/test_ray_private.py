@@ -208,3 +208,15 @@ def test_mlflow_logger_keeps_its_experiment_and_trial_runs_where_raycf_looks(tmp
     runs = ray_private.mlflow_trial_runs(logger) if hasattr(logger, "_trial_runs") else None
     assert runs == {}, ("MLflowLoggerCallback no longer keeps its trials' runs in a dict `_trial_runs`: update "
                         "ray_private.mlflow_trial_runs")
+
+
+def test_saved_checkpoints_are_what_the_saved_experiment_state_restores(probed) -> None:
+    """raycf.tune.checkpoints prunes by ray_private.saved_checkpoints: the newest saved state's checkpoint per trial."""
+    run_dir, _, seen, result = probed
+    (trial,) = seen.trials
+    named = ray_private.saved_checkpoints(seen.filesystems[0], str(run_dir))
+    assert named == {Path(trial.path).name: Path(result.checkpoint.path).name} == {
+        Path(trial.path).name: "checkpoint_000001"}, (
+        f"ray_private.saved_checkpoints read {named} from {run_dir}'s {ray_private.EXPERIMENT_STATE_FILES}, not the "
+        f"trial's last checkpoint {result.checkpoint.path}: update it to Tune's experiment state format")
+    assert ray_private.saved_checkpoints(seen.filesystems[0], str(run_dir / "nowhere")) is None

@@ -10,7 +10,10 @@ from Ray is public API (`ray.tune.Callback` hooks and the `Trial` properties the
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -25,6 +28,10 @@ CHECKPOINT_LOGGER = "ray.train._internal.storage"
 """The logger (a private module's) that prints `Checkpoint successfully created at: ...` for every
 checkpoint a trial reports. A trial checkpoints at every improving epoch, so `quiet_checkpoint_logs`
 raises it to WARNING in the trial; Ray has no public switch for that line."""
+
+EXPERIMENT_STATE_FILES = "experiment_state-*.json"
+"""The experiment state files Tune saves in the run directory, one per driver session; `Tuner.restore` reads the
+newest by name (Ray's private `TuneController.CKPT_FILE_TMPL`)."""
 
 JOB_UPLOAD_LOGGER = "ray._private.runtime_env.working_dir"
 """The logger of the job SDK's working_dir packaging and upload (`raycf ... --submit`): its INFO lines
@@ -69,3 +76,31 @@ def mlflow_trial_runs(logger: Any) -> dict[Any, str]:
 def mlflow_experiment_id(logger: Any) -> str:
     """The experiment id an `MLflowLoggerCallback` resolved in `setup` (its private `mlflow_util`'s)."""
     return logger.mlflow_util.experiment_id
+
+
+def saved_checkpoints(filesystem: pafs.FileSystem, experiment_path: str) -> dict[str, str] | None:
+    """What `Tuner.restore` of the run directory at `experiment_path` would restore each trial from: per trial
+    directory name, the name of the checkpoint directory that Tune's newest saved experiment state gives the trial
+    (trials without one left out). None when no state is saved there yet, or none can be read whole.
+
+    Reads each trial's state as `ray.tune.ExperimentAnalysis` does (`Trial.from_json_state` and
+    `restore_run_metadata`, not public), without reading every trial's results as it would."""
+    from ray.tune.experiment import Trial
+
+    listing = filesystem.get_file_info(pafs.FileSelector(experiment_path, allow_not_found=True))
+    names = fnmatch.filter([PurePosixPath(info.path).name for info in listing], EXPERIMENT_STATE_FILES)
+    if not names:
+        return None
+    try:
+        with filesystem.open_input_stream(f"{experiment_path}/{max(names)}") as stream:
+            state = json.loads(stream.readall())
+    except (OSError, ValueError):  # being written (a local copy is not atomic): the next look will tell
+        return None
+    named = {}
+    for trial_state, run_metadata in state["trial_data"]:
+        trial = Trial.from_json_state(trial_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        if trial.checkpoint is not None:
+            path = PurePosixPath(trial.checkpoint.path)
+            named[path.parent.name] = path.name
+    return named

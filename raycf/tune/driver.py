@@ -42,9 +42,11 @@ from raycf.runs.trials import rank_trials, seed_means
 from raycf.storage.location import Location, parquet_bytes
 from raycf.study.memory import check_study_memory
 from raycf.study.schema import Study
+from raycf.train.memory import check_fit_memory
 from raycf.train.precision import PRECISION_COLUMNS
 from raycf.train.trainer import Trainer
 from raycf.tune.asha import PerModelASHA
+from raycf.tune.checkpoints import checkpoint_callbacks
 from raycf.tune.console import StudyReporter
 from raycf.tune.endings import stop_reason
 from raycf.tune.monitoring import StudyMetrics
@@ -108,8 +110,11 @@ def run_trial(
     resources = context.get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1.0))))
     device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
-    trainer = Trainer(split, train_config, device, selection)
     node_id = context.get_node_id()
+    # this node's memory, for this trial's own configuration, before the model is built
+    check_fit_memory(train_config, split.n_users, split.n_items,
+                     f"trial {tune.get_context().get_trial_name()} on node {node_id}")
+    trainer = Trainer(split, train_config, device, selection)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -198,19 +203,6 @@ class TuneOptions:
     """Tune's verbosity: 1, raycf's progress table (raycf.tune.console); 3, each trial's results too."""
 
 
-# A trial checkpoints at every improving epoch (and every `checkpoint_every`) and keeps one checkpoint, which
-# makes Tune snapshot its experiment state each time (so that --resume never points at a deleted checkpoint):
-# that is intended.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-KEPT_CHECKPOINTS = 2
-"""Checkpoints kept per trial. Tune deletes a trial's older checkpoint when it registers a newer one, and
-uploads its experiment state (what --resume restores from) a moment later: with one kept, a driver killed
-in between leaves a state that names a deleted checkpoint, and the trial cannot be restored.
-The one before the newest survives that window."""
-
-
 def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
     """A Tuner for `study` whose trials share `split` through the object store."""
     from ray.tune.schedulers import FIFOScheduler
@@ -242,10 +234,11 @@ def build_tuner(study: Study, split: Split, options: TuneOptions) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=options.name,
             storage_path=str(options.storage),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # raycf.tune.checkpoints prunes them
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             callbacks=[TrialLedger(), StudyMetrics(options.name, study.selection),
-                       *tracking_callbacks(study.tracking, study_record(study), str(options.storage), options.name)],
+                       *tracking_callbacks(study.tracking, study_record(study), str(options.storage), options.name),
+                       *checkpoint_callbacks()],
             verbose=options.verbose,
             progress_reporter=StudyReporter(study.selection, Location.of(options.storage, options.name).uri,
                                             planned_trials(study), study_record(study).searched),
@@ -361,6 +354,15 @@ def relative_to(location: Location, path: str) -> str:
     return path[len(prefix):]
 
 
+def error_line(error: BaseException) -> str:
+    """What went wrong in a trial, in one line: the exception raised in the trial (`RayTaskError.cause`) rather
+    than the line Ray heads it with (`ray::ImplicitFunc.train() (pid=...)`)."""
+    cause = getattr(error, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else error
+    lines = str(shown).strip().splitlines() or [type(shown).__name__]
+    return lines[0][:300]
+
+
 def trial_table(location: Location, record: StudyRecord, results: tune.ResultGrid) -> pd.DataFrame:
     """One row per trial: its hyperparameters, best epoch, best validation metrics, checkpoint and retries."""
     retries = json.loads(location.read_bytes(RETRIES_FILE)) if location.has(RETRIES_FILE) else {}
@@ -379,7 +381,7 @@ def trial_table(location: Location, record: StudyRecord, results: tune.ResultGri
             "valid_se": float(metrics.get("best_valid_se", float("nan"))),
             "checkpoint": (relative_to(location, f"{result.checkpoint.path}/{MODEL_FILE}")
                            if result.checkpoint else None),
-            "error": str(result.error).splitlines()[0][:300] if result.error else None,
+            "error": error_line(result.error) if result.error else None,
             "retries": int(retries.get(Path(result.path).name, 0)),
             "node_id": metrics.get("node_id"),
             **{name: metrics.get(name) for name in PRECISION_COLUMNS},
