@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,57 @@ def running_trials(run_dir: Path, count: int) -> dict[str, str] | None:
     return started if len(started) >= count else None
 
 
+LISTEN = "0A"
+"""A listening socket's state in /proc/net/tcp."""
+COMPONENTS = (  # (README's name, how its process's program (and script) name reads), the first match wins
+    ("dashboard agent", ("dashboard/agent.py", "ray::DashboardAgent")),
+    ("dashboard", ("dashboard/dashboard.py", "ray-dashboard-")),
+    ("runtime env agent", ("runtime_env/agent/main.py", "ray::RuntimeEnvAgent")), ("GCS", ("gcs_server",)),
+    ("raylet", ("raylet",)), ("autoscaler monitor", ("autoscaler/_private/monitor.py",)),
+    ("raycf (the driver)", ("-m raycf",)), ("worker", ("ray::",)),
+)
+
+
+def interface(address: str) -> str:
+    """/proc/net/tcp's hex local address as README's Security table names it."""
+    host = address.split(":")[0]
+    if set(host) == {"0"}:
+        return "all interfaces"
+    if host in ("0100007F", "00000000000000000000000001000000"):
+        return "127.0.0.1"
+    return "the node's IP"
+
+
+def listening(pids: list[int]) -> set[tuple[str, str]]:
+    """(component, interface) of every TCP socket these processes listen on."""
+    sockets = {}
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == LISTEN:
+                sockets[fields[9]] = interface(fields[1])
+    seen = set()
+    for pid in pids:
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            command = " ".join(words[:3])  # the program, and a Python's script or module
+            inodes = [os.readlink(fd).removeprefix("socket:[").rstrip("]") for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        component = next((name for name, marks in COMPONENTS if any(mark in command for mark in marks)),
+                         command.strip()[:80])
+        seen |= {(component, sockets[inode]) for inode in inodes if inode in sockets}
+    return seen
+
+
+def security_table() -> set[tuple[str, str]]:
+    """README's table of what a study opens: (component, interface)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### Security")
+    rows = re.findall(r"^\| ([^|]+?) \| `([^|`]+)` \|", text[start:text.index("\n### ", start)], re.MULTILINE)
+    return {(component, where) for component, where in rows if component != "component"}
+
+
 def session_processes(session: int) -> list[int]:
     """Processes of this session id (the study's driver, its local Ray, and Ray's workers)."""
     pids = []
@@ -116,7 +168,9 @@ def stop(study: subprocess.Popen) -> None:
     assert not left, f"the study's Ray outlived its driver by 30 s: {left}"
 
 
-def test_the_dashboard_shows_a_studys_trials_after_signing_in_with_rays_token(tmp_path: Path) -> None:
+def test_the_dashboard_shows_a_studys_trials_after_signing_in_and_its_ports_are_readmes(tmp_path: Path) -> None:
+    """The dashboard, as above; and every TCP port the study's processes listen on, on the interface README's
+    Security table gives its component."""
     browser, chromedriver = browser_and_driver()
     try:
         from selenium import webdriver
@@ -206,6 +260,8 @@ def test_the_dashboard_shows_a_studys_trials_after_signing_in_with_rays_token(tm
                                      f"90 s; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\n"
                                      f"raycf tune printed:\n{output()[-3000:]}") from None
         assert "#/actors" in driver.current_url, driver.current_url
+        opened, table = listening(session_processes(study.pid)), security_table()
+        assert opened == table, f"listening: {sorted(opened)}; README's Security table: {sorted(table)}"
         assert study.poll() is None, f"raycf tune exited {study.returncode}:\n{output()[-4000:]}"
         screenshot = artifacts / "dashboard-actors.png"
         assert driver.save_screenshot(str(screenshot)), screenshot

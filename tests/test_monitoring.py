@@ -1,4 +1,4 @@
-"""raycf's study metrics count each trial's end as trials.parquet's `stopped_by` says it ended."""
+"""raycf's study metrics count each trial's end by the reason trials.parquet's `stopped_by` gives."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import run_raycf
 
 from raycf.tune.driver import TRIALS_FILE
-from raycf.tune.endings import SCHEDULER_STOPS, trial_ending
+from raycf.tune.endings import trial_ending
 
 MAX_T = 3
 FIFO_STUDY = f"""
@@ -54,10 +54,6 @@ def test_a_trials_ending_is_classified_as_its_stopped_by(last_result: dict, endi
     assert trial_ending(config(), last_result) == ending
 
 
-def test_the_epoch_limit_and_asha_are_scheduler_stops_patience_is_not() -> None:
-    assert SCHEDULER_STOPS == {"asha", "max_t"}
-
-
 def metrics_url() -> str:
     """This node's Prometheus endpoint (the driver's metrics are exported there)."""
     import ray
@@ -67,18 +63,18 @@ def metrics_url() -> str:
     return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
 
 
-def trial_counts(url: str, name: str, study: str) -> dict[str, float]:
-    """`ray_raycf_<name>_total` of `study`, per model, as the endpoint serves it now."""
+def trial_counts(url: str, study: str, reasons: set[str]) -> dict[str, float]:
+    """`ray_raycf_trials_ended_total` of `study` for these reasons, per model, as the endpoint serves it now."""
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     counts = {}
-    for labels, value in re.findall(rf"^ray_raycf_{name}_total\{{(.*)\}} (\S+)$", text, re.MULTILINE):
+    for labels, value in re.findall(r"^ray_raycf_trials_ended_total\{(.*)\} (\S+)$", text, re.MULTILINE):
         tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if tags.get("study") == study:
+        if tags.get("study") == study and tags.get("reason") in reasons:
             counts[tags["model"]] = counts.get(tags["model"], 0.0) + float(value)
     return counts
 
 
-def test_trials_that_reach_max_t_count_as_stopped_early(ray_cluster, tmp_path: Path) -> None:
+def test_trials_that_reach_max_t_count_as_ended_by_max_t(ray_cluster, tmp_path: Path) -> None:
     """Read back from the node's Prometheus endpoint: before, FIFO trials ending at max_t counted as finished."""
     study = tmp_path / "ends.yaml"
     study.write_text(FIFO_STUDY)
@@ -90,9 +86,9 @@ def test_trials_that_reach_max_t_count_as_stopped_early(ray_cluster, tmp_path: P
 
     url = metrics_url()
     deadline = time.monotonic() + 60  # metrics reach the endpoint every 10 s (Ray's default)
-    stopped = trial_counts(url, "trials_stopped_early", name)
+    stopped = trial_counts(url, name, {"max_t"})
     while stopped != expected and time.monotonic() < deadline:
         time.sleep(2)
-        stopped = trial_counts(url, "trials_stopped_early", name)
-    assert stopped == expected, f"ray_raycf_trials_stopped_early_total of study {name} at {url}: {stopped}"
-    assert sum(trial_counts(url, "trials_finished", name).values()) == 0
+        stopped = trial_counts(url, name, {"max_t"})
+    assert stopped == expected, f"ray_raycf_trials_ended_total{{reason=max_t}} of study {name} at {url}: {stopped}"
+    assert sum(trial_counts(url, name, {"asha", "patience", "complete", "error"}).values()) == 0

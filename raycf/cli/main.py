@@ -260,12 +260,13 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
                  address: str | None, dashboard_host: str, submit_to: str | None, runtime_env: str | None,
                  no_wait: bool, verbose: bool, **overrides: Any) -> None:
     """Run a study (STUDY_FILE, YAML) of Mult-VAE, AutoRec and baseline trials on Ray Tune with ASHA."""
-    from raycf.cluster.connection import check_local_gpus, connect, joining
+    from raycf.cluster.connection import check_local_gpus, connect, joining, joins_a_cluster
     from raycf.data.source import prepare_split
     from raycf.integrations.mlflow_runs import check_tracking
     from raycf.study.memory import check_study_memory
     from raycf.study.schema import apply_overrides, load_study
     from raycf.tune import driver as tuning
+    from raycf.tune.closing import closing_lines
     from raycf.tune.console import quiet, tune_verbosity
     from raycf.tune.repeats import format_repeats
 
@@ -315,6 +316,8 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
     if result.repeats is not None:
         click.echo(format_repeats(result.repeats))
     click.echo(f"run directory: {result.run_dir} (best.json, leaderboard.parquet, trials.parquet)")
+    for line in closing_lines(local_ray=not joins_a_cluster(address)):
+        click.echo(line)
 
 
 @cli.command("score")

@@ -23,10 +23,6 @@ def stop_reason(row: dict[str, Any], config: dict[str, Any], max_t: int) -> str:
     return "asha"
 
 
-SCHEDULER_STOPS = frozenset({"asha", "max_t"})
-"""The `stopped_by` values (trials.parquet) that count as stopped by the scheduler: ASHA, or its epoch limit."""
-
-
 def trial_ending(config: dict[str, Any], last_result: dict[str, Any]) -> str:
     """Why a trial that Tune completed without an error ended: `patience`, `complete`, `max_t` or `asha`, as its
     `stopped_by` in trials.parquet says (`stop_reason` on its last result).
