@@ -60,7 +60,8 @@ def split_users(
 ) -> Split:
     """Strong generalization (Liang et al. 2018): `heldout_users` validation and as many test users, drawn with
     `seed`, never enter training; of each held-out user's items (those the training users have), a seeded
-    `fold_in` share is the model's input and the rest, floor((1 - fold_in) * n), is predicted."""
+    `fold_in` share is the model's input and the rest, floor((1 - fold_in) * n), is predicted: int(0.2 n) for
+    fold_in 0.8, the count of the paper's public preprocessing (none for users with fewer than 5 items)."""
     where = f"split of {source}" if source else "split"
     if isinstance(fold_in, bool) or not isinstance(fold_in, (int, float)) or not 0 < fold_in < 1:
         raise DataError(f"{where}: fold_in must be in (0, 1), got {fold_in!r}; e.g. --fold-in 0.8")
