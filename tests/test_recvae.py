@@ -16,7 +16,7 @@ import torch
 from conftest import run_raycf
 
 from raycf.errors import RaycfError
-from raycf.models import SparseBatch
+from raycf.models import SparseBatch, build_model
 from raycf.models.config import TrainConfig
 from raycf.models.recvae import composite_prior_log_density, user_betas
 from raycf.train.trainer import Trainer
@@ -76,6 +76,19 @@ def test_alternation_trains_the_encoder_then_the_decoder_and_refreshes_the_prior
     trainer.train_epoch()  # the next alternation's first epoch: the prior is the encoder it started from
     assert not same(initial, model.previous)
     assert same(encoder, model.previous) and not same(encoder, model.encoder)
+
+
+def test_the_decoder_phase_loss_has_no_kl_term(small_split) -> None:
+    model = build_model(TrainConfig.for_model("recvae", hidden=4, width=8, depth=2, encoder_epochs=1), 150)
+    batch = SparseBatch.from_csr(small_split.train[:50])
+    model.start_epoch(1)  # the decoder's epoch: the undropped input, z drawn from the posterior, no KL term
+    loss = model.loss(batch, 0, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mu, logvar = model.encoder(batch, batch.unit_values)
+        z = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(3)) * torch.exp(0.5 * logvar)
+        log_probs = torch.log_softmax(model.decoder(z), dim=1)
+    dense = torch.from_numpy(small_split.train[:50].toarray())
+    assert loss.item() == pytest.approx(-(dense * log_probs).sum().item() / 50, rel=1e-5)
 
 
 @pytest.mark.parametrize(("fields", "message"), [
