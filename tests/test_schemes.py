@@ -76,6 +76,23 @@ def test_users_split_round_trips_through_its_parquet_files(tmp_path) -> None:
         assert pairs(loaded, part) == pairs(split, part)
 
 
+def test_a_held_out_user_without_a_training_item_is_left_out_and_the_split_reloads(tmp_path) -> None:
+    """u8's only item, 55, is nobody else's: held out, u8 has no record left; the split leaves u8 out (the Parquet
+    parts could not keep a user without records) and reloads to the same content."""
+    frame = pd.concat([USERS, frame_of([(8, 55)])], ignore_index=True)
+    seed = next(seed for seed in range(100)
+                if 55 not in split_users(frame, heldout_users=2, fold_in=0.8, seed=seed).item_ids)
+    split = split_users(frame, heldout_users=2, fold_in=0.8, seed=seed)
+    assert 8 not in split.user_ids and split.n_users == split.manifest["n_users"] == 8
+    assert split.manifest["users_without_records"] == 1
+    save_split(split, tmp_path / "split")
+    loaded = load_split(tmp_path / "split")
+    assert loaded.manifest["split_sha256"] == split.manifest["split_sha256"]
+    assert list(loaded.user_ids) == list(split.user_ids)
+    # a split whose every user keeps a record has no such field: existing splits keep their content hash
+    assert "users_without_records" not in split_users(USERS, heldout_users=2, fold_in=0.8, seed=seed).manifest
+
+
 @pytest.mark.parametrize(("fold_in", "test_prop"), [(0.8, 0.2), (0.9, 0.1)])
 def test_users_scheme_predicts_as_many_items_as_the_papers_preprocessing(fold_in: float, test_prop: float) -> None:
     """Liang et al.'s public preprocessing (split_train_test_proportion, also Steck's EASE) predicts

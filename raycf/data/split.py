@@ -113,8 +113,16 @@ def _union(first: sp.csr_matrix, second: sp.csr_matrix) -> sp.csr_matrix:
 def finish_split(matrices: dict[str, sp.csr_matrix], user_ids: np.ndarray, item_ids: np.ndarray,
                  manifest: dict[str, Any], rules: SplitRules) -> Split:
     """The Split of `matrices` (train, valid, test, and the scheme's further parts), its manifest completed
-    with the content hash and the Parquet files' digests."""
+    with the content hash and the Parquet files' digests.
+
+    A user left without any record (all of them on items no training user has, dropped) is left out, as the
+    Parquet parts, which hold records, could not keep them: the manifest counts them (`users_without_records`)."""
     matrices = {name: matrices[name] for name in (*PARTS, *rules.extra_parts)}
+    kept = np.flatnonzero(sum(np.diff(matrix.indptr) for matrix in matrices.values()))
+    if len(kept) < len(user_ids):
+        matrices = {name: matrix[kept] for name, matrix in matrices.items()}
+        manifest = {**manifest, "n_users": len(kept), "users_without_records": len(user_ids) - len(kept)}
+        user_ids = user_ids[kept]
     manifest = {**manifest, "split_sha256": content_sha256(matrices, user_ids, item_ids)}
     manifest["file_sha256"] = _file_digests(_parquet_files(matrices, user_ids, item_ids))
     return Split(**matrices, user_ids=user_ids, item_ids=item_ids, manifest=manifest, rules=rules)
