@@ -47,3 +47,11 @@ def test_readers_follow_a_pointer_and_refuse_a_broken_one(tmp_path: Path) -> Non
         (out / POINTER_FILE).write_text(broken)
         with pytest.raises(RaycfError, match=r"current\.json: names .*, which is not an output version there"):
             Location.of(str(out), "").current()
+
+
+def test_json_outputs_write_missing_values_as_null() -> None:
+    from raycf.storage.json_text import json_text
+
+    text = json_text({"ndcg": float("nan"), "history": [{"loss": float("inf")}, (1.5, float("-inf"))], "k": 5})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"history": [{"loss": None}, [1.5, None]], "k": 5, "ndcg": None}

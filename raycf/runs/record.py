@@ -11,6 +11,7 @@ from typing import Any
 from raycf.data.spec import DataSpec
 from raycf.eval.metrics import Selection
 from raycf.runs.layout import BEST_FILE, STUDY_FILE
+from raycf.storage.json_text import json_text
 from raycf.storage.location import Location
 
 
@@ -97,7 +98,7 @@ class StudyRecord:
         return cls.from_json(json.loads(run.read_bytes(STUDY_FILE))) if run.has(STUDY_FILE) else None
 
     def write(self, run: Location) -> None:
-        run.write_bytes(STUDY_FILE, (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode())
+        run.write_bytes(STUDY_FILE, json_text(self.to_json()).encode())
 
 
 @dataclass(frozen=True)
@@ -125,4 +126,4 @@ class BestRecord:
         return cls.from_json(json.loads(run.read_bytes(BEST_FILE))) if run.has(BEST_FILE) else None
 
     def write(self, run: Location) -> None:
-        run.write_bytes(BEST_FILE, (json.dumps(self.facts, indent=2, sort_keys=True) + "\n").encode())
+        run.write_bytes(BEST_FILE, json_text(self.facts).encode())

@@ -66,6 +66,7 @@ from raycf.runs.layout import (
 from raycf.runs.targets import RunTarget, read_checkpoint_bytes, resolve_target
 from raycf.score.monitoring import ScoringMetrics
 from raycf.storage.atomic import DirectoryLock, PendingOutput
+from raycf.storage.json_text import json_text
 from raycf.storage.location import POINTER_FILE, VERSION_PREFIX, Location, parquet_bytes
 
 USER_METRIC_COLUMNS = ("user_id", "n_test", "hits", *METRICS)
@@ -351,7 +352,7 @@ class ScoringJob:
                 flat = {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
                         for key, value in summary.items()}
                 staged.write_bytes(SUMMARY_PARQUET, parquet_bytes(pd.DataFrame([flat])))
-                staged.write_bytes(SUMMARY_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+                staged.write_bytes(SUMMARY_JSON, json_text(summary).encode())
                 self.output.commit()
         finally:
             self.release()

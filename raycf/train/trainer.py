@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from raycf.models.checkpoint import save_checkpoint
 from raycf.models.config import TrainConfig
 from raycf.runs.layout import CHECKPOINT_NAME, METRICS_FILE, SPLIT_DIR
 from raycf.storage.atomic import PendingOutput
+from raycf.storage.json_text import json_text
 from raycf.storage.location import Location
 from raycf.train.memory import check_fit_memory
 from raycf.train.precision import PrecisionChoice, ProductShape, check_bfloat16_runs, precision_words, resolve_precision
@@ -330,7 +330,7 @@ def run_training(
             save_split(split, staging / SPLIT_DIR)
             meta = {"split_sha256": split.manifest["split_sha256"]}
             save_checkpoint(staging / CHECKPOINT_NAME, result.model, meta=meta)
-            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            (staging / METRICS_FILE).write_text(json_text(metrics))
             PendingOutput.write(location, staging)
     except OSError as error:
         raise RaycfError(f"{out}: cannot write the run ({str(error).splitlines()[0]}); choose a writable, new "

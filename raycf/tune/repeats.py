@@ -18,6 +18,7 @@ from raycf.eval.evaluation import evaluate_metrics, summarize
 from raycf.eval.metrics import METRICS, Selection
 from raycf.models.config import TrainConfig
 from raycf.runs.layout import REPEATS_FILE, REPEATS_SUMMARY
+from raycf.storage.json_text import json_text
 from raycf.storage.location import Location, parquet_bytes
 from raycf.train.trainer import train
 
@@ -93,7 +94,7 @@ def run_repeats(location: Location, data: DataSpec, fractions: tuple[float, floa
     repeats = repeats.sort_values(["model", "seed"], ignore_index=True)
     location.write_bytes(REPEATS_FILE, parquet_bytes(repeats))
     summary = summarize_repeats(repeats)
-    location.write_bytes(REPEATS_SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    location.write_bytes(REPEATS_SUMMARY, json_text(summary).encode())
     return repeats
 
 
