@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import TINY_STUDY
 
+from raycf.cli.launch import first_line
 from raycf.runs.layout import TRIALS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,18 @@ RAY_LOG_LINE = re.compile(r"\b(INFO|WARNING|DEBUG)\b")
 """How Ray's Python log lines look: `2026-11-30 05:26:24,595	INFO streaming_executor.py:215 -- ...`."""
 FIRST_LINE_S = 2.0
 STATUS = re.compile(r"^== .+: (\d+) trials: (\d+) running, (\d+) pending, (\d+) ended.*, (\d+) errored ==$")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["tune", "study.yaml"], "raycf tune: running a study"),
+    (["score", "runs/q1", "--actors", "1"], "raycf score: scoring a run's users"),
+    (["train", "--model", "ease"], "raycf train: training one model"),
+    (["tune", "--help"], None), (["--version"], None), (["nonsense"], None), ([], None),
+])
+def test_the_first_line_says_what_the_command_does_and_stays_out_of_help(args: list[str],
+                                                                          expected: str | None) -> None:
+    line = first_line(args)
+    assert line == expected if expected is None else line.startswith(expected), line
 
 
 def raycf(*args: str) -> tuple[str, float]:

@@ -91,6 +91,11 @@ COMPONENTS = (  # (README's name, how its process's program (and script) name re
 )
 
 
+ALWAYS_OPEN = {("dashboard", "127.0.0.1"), ("GCS", "all interfaces"), ("raylet", "all interfaces"),
+               ("raycf (the driver)", "all interfaces"), ("worker", "all interfaces")}
+"""What a running study always has open, on those interfaces."""
+
+
 def interface(address: str) -> str:
     """/proc/net/tcp's hex local address as README's Security table names it."""
     host = address.split(":")[0]
@@ -99,6 +104,14 @@ def interface(address: str) -> str:
     if host in ("0100007F", "00000000000000000000000001000000"):
         return "127.0.0.1"
     return "the node's IP"
+
+
+def fd_target(fd: Path) -> str | None:
+    """What a file descriptor points at (`socket:[inode]`), None once it is closed."""
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return None
 
 
 def listening(pids: list[int]) -> set[tuple[str, str]]:
@@ -113,10 +126,11 @@ def listening(pids: list[int]) -> set[tuple[str, str]]:
     for pid in pids:
         try:
             words = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-            command = " ".join(words[:3])  # the program, and a Python's script or module
-            inodes = [os.readlink(fd).removeprefix("socket:[").rstrip("]") for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        except OSError:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # the process has ended
             continue
+        command = " ".join(words[:3])  # the program, and a Python's script or module
+        inodes = [link.removeprefix("socket:[").rstrip("]") for link in map(fd_target, fds) if link]
         component = next((name for name, marks in COMPONENTS if any(mark in command for mark in marks)),
                          command.strip()[:80])
         seen |= {(component, sockets[inode]) for inode in inodes if inode in sockets}
@@ -251,7 +265,8 @@ def test_the_dashboard_shows_a_studys_trials_after_signing_in_and_its_ports_are_
                             output)
         wait.until(when.element_to_be_clickable((By.XPATH, "//a[normalize-space()='Actors']"))).click()
         for trial_id, model in trials.items():  # the repr: `trial <id> <model> <searched values>`
-            row = (By.XPATH, f"//tr[td[starts-with(normalize-space(), 'trial {trial_id} {model} ')]"
+            named = f"trial {trial_id} {model}"  # then its searched values, if the model has any
+            row = (By.XPATH, f"//tr[td[normalize-space()='{named}' or starts-with(normalize-space(), '{named} ')]"
                              " and td[.//*[normalize-space()='ALIVE']]]")
             try:
                 WebDriverWait(driver, 90).until(when.visibility_of_element_located(row))
@@ -260,8 +275,13 @@ def test_the_dashboard_shows_a_studys_trials_after_signing_in_and_its_ports_are_
                                      f"90 s; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\n"
                                      f"raycf tune printed:\n{output()[-3000:]}") from None
         assert "#/actors" in driver.current_url, driver.current_url
-        opened, table = listening(session_processes(study.pid)), security_table()
-        assert opened == table, f"listening: {sorted(opened)}; README's Security table: {sorted(table)}"
+        # Nothing listens that README does not list, on the interface it says (some of Ray's helpers, the
+        # dashboard agent's HTTP server and the autoscaler's metrics, open their ports late or not at all).
+        table, opened = security_table(), set()
+        for _ in range(10):
+            opened |= listening(session_processes(study.pid))
+            time.sleep(1)
+        assert opened <= table and opened >= ALWAYS_OPEN, f"listening: {sorted(opened)}; README: {sorted(table)}"
         assert study.poll() is None, f"raycf tune exited {study.returncode}:\n{output()[-4000:]}"
         screenshot = artifacts / "dashboard-actors.png"
         assert driver.save_screenshot(str(screenshot)), screenshot

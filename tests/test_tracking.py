@@ -124,6 +124,11 @@ def study_runs(client: MlflowClient, run_name: str) -> tuple[object, list[object
 def test_every_trials_parameters_and_validation_metrics_reach_mlflow(tracked: TrackedRun) -> None:
     client = MlflowClient(tracked.uri)
     parent, children = study_runs(client, "tracked")
+    lines = tracked.out.splitlines()  # the console names the parent run's page before the first trial's table
+    page = f"{tracked.uri.rstrip('/')}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    before = lines[:next(index for index, line in enumerate(lines) if line.startswith("== "))]
+    assert f"mlflow: experiment 'tiny', parent run {page}" in before, before
+    assert f"tensorboard: tensorboard --logdir {tracked.run_dir}" in before, before
     trials = pd.read_parquet(tracked.run_dir / TRIALS_FILE)
     assert len(trials) == 6
     assert sorted(run.data.tags[TAG_TRIAL] for run in children) == sorted(trials["trial_id"])
