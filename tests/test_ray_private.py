@@ -220,3 +220,19 @@ def test_saved_checkpoints_are_what_the_saved_experiment_state_restores(probed) 
         f"ray_private.saved_checkpoints read {named} from {run_dir}'s {ray_private.EXPERIMENT_STATE_FILES}, not the "
         f"trial's last checkpoint {result.checkpoint.path}: update it to Tune's experiment state format")
     assert ray_private.saved_checkpoints(seen.filesystems[0], str(run_dir / "nowhere")) is None
+
+
+def test_a_function_trainable_is_a_trainable_class_with_trial_id_and_config() -> None:
+    """raycf.tune.naming subclasses it to name each trial's actor: it must stay a Trainable class whose instances
+    know their trial id (a property) and config (set by Trainable.__init__)."""
+    import inspect
+
+    from ray.tune import Trainable
+
+    from raycf.cluster.ray_private import function_trainable
+
+    trainable = function_trainable(lambda config: None, "probe")
+    assert inspect.isclass(trainable) and issubclass(trainable, Trainable), \
+        "ray.tune.trainable.wrap_function no longer returns a Trainable class: raycf.tune.naming must change"
+    assert isinstance(inspect.getattr_static(Trainable, "trial_id"), property), "Trainable.trial_id changed"
+    assert "self.config" in inspect.getsource(Trainable.__init__), "Trainable no longer keeps its config"

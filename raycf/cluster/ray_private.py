@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -104,3 +105,12 @@ def saved_checkpoints(filesystem: pafs.FileSystem, experiment_path: str) -> dict
             path = PurePosixPath(trial.checkpoint.path)
             named[path.parent.name] = path.name
     return named
+
+
+def function_trainable(function: Callable[[dict[str, Any]], None], name: str) -> type:
+    """Tune's class trainable of a function trainable (`ray.tune.trainable.wrap_function`, a DeveloperAPI), a
+    class raycf subclasses to name its actors (their `__repr__`, which the Ray dashboard shows): the public
+    `tune.with_parameters` gives no such class. Its instances have Trainable's `trial_id` and `config`."""
+    from ray.tune.trainable import wrap_function
+
+    return wrap_function(function, name=name)

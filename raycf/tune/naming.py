@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from raycf.cluster.ray_private import function_trainable
+
 TRAINABLE_NAME = "run_trial"
 """Tune's name of raycf's trainable: the prefix of every trial's name and directory (`run_trial_<id>_...`)."""
 
@@ -25,14 +27,12 @@ def trial_repr(trial_id: str, config: Mapping[str, Any], searched: Mapping[str, 
 
 def named_trainable(function: Callable[[dict[str, Any]], None],
                     searched: Mapping[str, tuple[str, ...]]) -> type:
-    """The function trainable `function` as Tune's class trainable (`ray.tune.trainable.wrap_function`), its
-    actors named after their trial: the Ray dashboard shows an actor's `__repr__`, which Ray reads once the
-    actor is constructed (its trial id and config are known by then). Tune still names it TRAINABLE_NAME."""
-    from ray.tune.trainable import wrap_function
-
+    """The function trainable `function` as Tune's class trainable (raycf.cluster.ray_private), its actors named
+    after their trial: the Ray dashboard shows an actor's `__repr__`, which Ray reads once the actor is
+    constructed (its trial id and config are known by then). Tune still names it TRAINABLE_NAME."""
     searched = {model: tuple(names) for model, names in searched.items()}
 
-    class NamedTrial(wrap_function(function, name=TRAINABLE_NAME)):  # type: ignore[misc]
+    class NamedTrial(function_trainable(function, TRAINABLE_NAME)):  # type: ignore[misc]
         def __repr__(self) -> str:
             return trial_repr(self.trial_id, self.config.get("trial", {}), searched)
 
