@@ -61,7 +61,9 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def same(state: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
-    return all(torch.equal(tensor, module.state_dict()[name]) for name, tensor in state.items())
+    """Whether `module` holds the tensors of `state`, in order (the prior's copy names them otherwise)."""
+    now = list(module.state_dict().values())
+    return len(now) == len(state) and all(torch.equal(a, b) for a, b in zip(state.values(), now))
 
 
 def test_alternation_trains_the_encoder_then_the_decoder_and_refreshes_the_prior(small_split) -> None:
