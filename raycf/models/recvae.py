@@ -120,6 +120,30 @@ class RecVAEEncoder(nn.Module):
         return [self.input_weight, *(layer.weight for layer in layers), self.head.weight]
 
 
+class FrozenCopy(nn.Module):
+    """A module's parameters copied into buffers: in the state dict, outside autograd and the optimizer; `run`
+    calls the module with them in place of its own."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.names = [name for name, _ in module.named_parameters()]
+        for name, parameter in module.named_parameters():
+            self.register_buffer(name.replace(".", "_"), parameter.detach().clone())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The copies, by the module's parameter names."""
+        return {name: getattr(self, name.replace(".", "_")) for name in self.names}
+
+    def copy_from(self, module: nn.Module) -> None:
+        copies = self.tensors()
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                copies[name].copy_(parameter)
+
+    def run(self, module: nn.Module, *args: Any) -> Any:
+        return torch.func.functional_call(module, self.tensors(), args)
+
+
 @register
 class RecVAE(NeuralRecommender[RecVAEParams]):
     """x_u -> L2-normalise -> dropout -> encoder -> (mu, log sigma^2) -> z -> linear decoder -> softmax.
@@ -127,8 +151,8 @@ class RecVAE(NeuralRecommender[RecVAEParams]):
     Training alternates: `encoder_epochs` epochs train the encoder alone (input dropout, KL term against the
     composite prior, each user's beta gamma * |x_u|), then `decoder_epochs` epochs train the decoder alone on the
     undropped input, without the KL term. At the start of each alternation the prior's posterior component
-    (`previous`, a frozen copy of the encoder, part of the state dict) takes the encoder's current weights; the
-    phase follows from the epoch number, so a resumed run continues in the phase it stopped in.
+    (`previous`, a frozen copy of the encoder's weights, buffers in the state dict) takes the encoder's current
+    weights; the phase follows from the epoch number, so a resumed run continues in the phase it stopped in.
     """
 
     name = "recvae"
@@ -148,8 +172,7 @@ class RecVAE(NeuralRecommender[RecVAEParams]):
                              (self.decoder.weight, self.decoder.bias)):
             nn.init.xavier_uniform_(weight)
             nn.init.normal_(bias, std=0.001)
-        self.previous = RecVAEEncoder(n_items, params.width, params.depth, params.hidden).requires_grad_(False)
-        self.previous.load_state_dict(self.encoder.state_dict())
+        self.previous = FrozenCopy(self.encoder)
         self.training_encoder = True
 
     def start_epoch(self, epoch: int) -> None:
@@ -157,15 +180,10 @@ class RecVAE(NeuralRecommender[RecVAEParams]):
         the decoder's; the first epoch of an alternation copies the encoder into the prior."""
         position = epoch % (self.params.encoder_epochs + self.params.decoder_epochs)
         if position == 0:
-            self.previous.load_state_dict(self.encoder.state_dict())
+            self.previous.copy_from(self.encoder)
         self.training_encoder = position < self.params.encoder_epochs
         self.encoder.requires_grad_(self.training_encoder)
         self.decoder.requires_grad_(not self.training_encoder)
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Adam's groups without the frozen prior's copy of the encoder."""
-        return [{**group, "params": [p for p in group["params"] if p.requires_grad]}
-                for group in super().parameter_groups()]
 
     def penalized(self) -> list[torch.Tensor]:
         return [*self.encoder.weights(), self.decoder.weight]
@@ -186,7 +204,7 @@ class RecVAE(NeuralRecommender[RecVAEParams]):
         z = self.sample(mu, logvar, generator)
         logits = output_product(z, self.decoder, self.params.matmul_dtype)
         with torch.no_grad():
-            posterior = self.previous(batch, values)
+            posterior = self.previous.run(self.encoder, batch, values)
         kl = normal_log_density(z, mu, logvar).sum(dim=-1) - composite_prior_log_density(
             z, posterior, self.params.prior_weights, self.params.wide_logvar)
         return multinomial_nll(logits, batch) + (user_betas(batch, self.params.gamma) * kl).mean() + self.l2_penalty()
