@@ -31,12 +31,20 @@ STATUS = re.compile(r"^== .+: (\d+) trials: (\d+) running, (\d+) pending, (\d+) 
     (["tune", "study.yaml"], "raycf tune: running a study"),
     (["score", "runs/q1", "--actors", "1"], "raycf score: scoring a run's users"),
     (["train", "--model", "ease"], "raycf train: training one model"),
+    (["serve", "runs/q1"], "raycf serve: serving a run's model"),
     (["tune", "--help"], None), (["--version"], None), (["nonsense"], None), ([], None),
 ])
 def test_the_first_line_says_what_the_command_does_and_stays_out_of_help(args: list[str],
                                                                           expected: str | None) -> None:
     line = first_line(args)
     assert line == expected if expected is None else line.startswith(expected), line
+
+
+def test_every_command_has_its_first_line() -> None:
+    from raycf.cli.launch import DOING
+    from raycf.cli.main import cli
+
+    assert set(DOING) == set(cli.commands)
 
 
 def raycf(*args: str) -> tuple[str, float]:

@@ -8,6 +8,7 @@ import sys
 DOING = {
     "tune": "running a study",
     "score": "scoring a run's users",
+    "serve": "serving a run's model",
     "train": "training one model",
     "report": "writing a run's report",
     "compare": "comparing scored runs",
