@@ -396,5 +396,5 @@ def test_a_fit_too_big_for_the_node_that_fits_it_is_refused_there(
     trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
     assert len(trials) == 2 and trials["checkpoint"].isna().all(), trials.to_dict()
     for message in trials["error"]:
-        assert f"on node {node.node_id}: ease on 400 items needs" in message, message
-        assert f"({EASE_NEEDS // 2:,} bytes) is available here" in message, message
+        assert f"on node {node.node_id}: ease on 400 items needs 0.0 GiB ({EASE_NEEDS:,} bytes)" in message, message
+        assert f"is available here; use a machine with more memory (or a higher {MEMORY_LIMIT_ENV})" in message

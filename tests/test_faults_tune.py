@@ -224,10 +224,12 @@ def wait_for_trials_to_end(ray_cluster) -> None:
         time.sleep(0.1)
 
 
-def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, tmp_path):
+def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, tmp_path, monkeypatch):
     # Mult-VAE with patience 3 ends early while its patience-40 twin runs on without checkpoints (its best
-    # epoch is long past): Tune saves its experiment state only every 10 s then, so a driver killed right
-    # after the first trial's end usually finds it recorded as still running.
+    # epoch is long past). Tune saves its experiment state (and uploads result.json) every 0.5 s here, not
+    # every 10 s, so that the kill comes while the twin runs; a driver killed right after the first trial's
+    # end can still find it recorded as running.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")
     study = write_study(tmp_path, max_t=40, patiences=[3, 40])
     run_dir = tmp_path / "run"
     driver = start_driver(ray_cluster, study, tmp_path)
@@ -271,7 +273,8 @@ def test_killed_driver_resumes_without_losing_or_repeating_epochs(ray_cluster, t
     print(f"\ndriver killed once; trials {outcomes}; reported epochs trained again after the kill {rerun}")
 
 
-def test_a_retry_before_the_driver_is_killed_is_still_counted_after_resume(ray_cluster, tmp_path):
+def test_a_retry_before_the_driver_is_killed_is_still_counted_after_resume(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")  # result.json in the run directory lags 0.5 s at most
     study = write_study(tmp_path, max_t=40, patiences=[40], checkpoint_every=CHECKPOINT_EVERY)
     run_dir = tmp_path / "run"
     driver = start_driver(ray_cluster, study, tmp_path)

@@ -56,7 +56,6 @@ def check_fit_memory(config: TrainConfig, n_users: int, n_items: int, where: str
     if needed > available:
         raise RaycfError(
             f"{where}: {config.model} on {n_items:,} items needs {needed / GIB:.1f} GiB ({needed:,} bytes) for its "
-            f"items x items matrices, but {available / GIB:.1f} GiB ({available:,} bytes) is available here; use a "
-            f"machine with more memory (or a higher {MEMORY_LIMIT_ENV}), or fewer items (filter rare items), or "
-            "another model"
+            f"items x items matrices, but {available / GIB:.1f} GiB is available here; use a machine with more memory "
+            f"(or a higher {MEMORY_LIMIT_ENV}), or fewer items (filter rare items), or another model"
         )
