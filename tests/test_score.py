@@ -14,6 +14,7 @@ from conftest import TINY_STUDY, load_checkpoint, run_raycf
 
 from raycf.data.source import load_split
 from raycf.data.spec import DataSpec
+from raycf.errors import RaycfError
 from raycf.eval.evaluation import evaluate_model, summarize
 from raycf.eval.metrics import METRICS, mean_metrics, user_metrics
 from raycf.models.config import TrainConfig
@@ -107,13 +108,17 @@ def test_mask_train_plus_valid_and_a_user_subset(ray_cluster, tune_run, tmp_path
     assert not any(item in valid.get(user, set()) for user, item in zip(topk["user_id"], topk["item_id"]))
 
 
-def test_rerun_replaces_the_old_output(ray_cluster, train_run, tmp_path) -> None:
+def test_rerun_replaces_the_old_output_and_keeps_a_file_it_did_not_write(ray_cluster, train_run, tmp_path) -> None:
     out = tmp_path / "s"
     run_scoring(str(train_run), ScoreOptions(out=str(out), actors=1))
-    (out / "stale.txt").write_text("from an older run")
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(RaycfError, match=r"holds notes\.txt, which is no `raycf score` output"):
+        run_scoring(str(train_run), ScoreOptions(out=str(out), actors=1, k=3))
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    (out / "notes.txt").unlink()
     run_scoring(str(train_run), ScoreOptions(out=str(out), actors=1, k=3))
     topk, _, summary = outputs(out)
-    assert not (out / "stale.txt").exists() and summary["k"] == 3 and topk["rank"].max() == 3
+    assert summary["k"] == 3 and topk["rank"].max() == 3
     assert sorted(path.name for path in tmp_path.iterdir()) == ["s", "train-run"]  # no staging or old copies
 
 
