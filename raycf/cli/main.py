@@ -194,8 +194,8 @@ def refuse_job_options(submit_to: str | None, runtime_env: str | None, no_wait: 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="raycf")
 def cli() -> None:
-    """raycf: Mult-VAE and AutoRec studies, beside popularity, EASE, ItemKNN and iALS baselines, and batch scoring
-    on Ray."""
+    """raycf: studies of Mult-VAE, RecVAE, AutoRec and Mult-DAE beside popularity, EASE, ItemKNN and iALS
+    baselines, batch scoring and serving, on Ray."""
 
 
 @cli.command("train")
