@@ -12,18 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY_STUDY, run_raycf
 
 from raycf.data.schemes.records import split_interactions
 from raycf.data.synthetic import generate_synthetic
 from raycf.errors import RaycfError
-from raycf.eval.metrics import Selection
+from raycf.eval.metrics import METRICS, Selection
 from raycf.models.config import TrainConfig
-from raycf.runs.layout import BEST_FILE
-from raycf.storage.location import parse_results
+from raycf.runs.layout import BEST_FILE, REPEATS_FILE
+from raycf.storage.location import Location, parse_results
 from raycf.study.schema import load_study
 from raycf.train.trainer import train
 from raycf.tune.driver import LEADERBOARD_FILE, TRIALS_FILE
+from raycf.tune.seed_runs import ENDED_ON_ITS_OWN, read_trial_run, scored_on_test, submission_order
 from raycf.tune.selection import SELECT_FILE
 
 
@@ -124,6 +126,50 @@ def test_robust_selection_picks_the_best_mean_over_seeds(ray_cluster, tmp_path: 
     assert run_raycf("report", str(run_dir)) == 0
     report = (run_dir / "report.md").read_text()
     assert "## Robust selection" in report and "noise" in report
+
+
+def test_a_trial_on_its_own_split_is_not_trained_again(ray_cluster, tmp_path: Path) -> None:
+    """Every trial is a candidate (top 3 of 3), selection and repeats on seeds 0 (the study's) and 1: a trial that
+    ended on its own gives its seed-0 rows itself; its other seeds and the ASHA-stopped trials are trained."""
+    study = tmp_path / "reuse.yaml"
+    study.write_text(TINY_STUDY + "select: {top: 3, seeds: [0, 1]}\nrepeat_seeds: [1, 0]\n")
+    assert run_raycf("tune", str(study), "--storage", str(tmp_path), "--name", "run") == 0
+    run_dir = tmp_path / "run"
+    trials = pd.read_parquet(run_dir / TRIALS_FILE).set_index("trial_id")
+    assert "asha" in set(trials["stopped_by"]) and set(trials["stopped_by"]) & set(ENDED_ON_ITS_OWN)
+    rows = pd.read_parquet(run_dir / SELECT_FILE)
+    assert set(rows["trial_id"]) == set(trials.index) and list(rows["seed"]) == [0, 1] * 6  # in candidate order
+    assert list(rows["trial_id"]) == [trial for trial in rows["trial_id"].unique() for _ in (0, 1)]
+    ended = rows["trial_id"].map(trials["stopped_by"]).isin(ENDED_ON_ITS_OWN)
+    assert (rows["from_trial"] == (ended & (rows["seed"] == 0))).all() and 0 < rows["from_trial"].sum() < 6
+    repeats = pd.read_parquet(run_dir / REPEATS_FILE)
+    winners = pd.read_parquet(run_dir / LEADERBOARD_FILE).set_index("model")["trial_id"]
+    winner_ended = repeats["model"].map(winners).map(trials["stopped_by"]).isin(ENDED_ON_ITS_OWN)
+    assert (repeats["from_trial"] == (winner_ended & (repeats["seed"] == 0))).all()
+    # each row is what training its configuration on its seed's split gives, with the trial's one thread
+    fields = ["best_epoch", "epochs_run", *(f"valid_{name}" for name in METRICS), *METRICS]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _, row in rows[rows["from_trial"] | (rows["seed"] == 1)].drop_duplicates("trial_id").iterrows():
+            split = split_interactions(generate_synthetic(n_users=300, n_items=100), seed=int(row["seed"]))
+            result = train(split, TrainConfig.from_dict(json.loads(row["config"])))
+            trained = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                       **{f"valid_{name}": result.best_valid[name] for name in METRICS},
+                       **scored_on_test(result.model, split, Selection())}
+            assert {name: row[name] for name in fields} == {name: trained[name] for name in fields}, row["trial_id"]
+    finally:
+        torch.set_num_threads(threads)
+    # a reused row's seconds are the trial's own, as its results recorded them: it was not trained again
+    location = Location.of(str(run_dir), "")
+    for _, row in rows[rows["from_trial"]].iterrows():
+        figures = read_trial_run(location, trials.loc[row["trial_id"]], Selection()).figures
+        assert (row["train_seconds"], row["valid_seconds"]) == (figures.train_seconds, figures.valid_seconds)
+    assert (rows["train_seconds"] > 0).all() and (rows["valid_seconds"] > 0).all()
+
+
+def test_trainings_are_submitted_longest_first_and_the_trials_own_runs_last() -> None:
+    assert submission_order([5, 30, 10, 30, 40], [False, False, True, False, True]) == [1, 3, 0, 2, 4]
 
 
 @pytest.mark.parametrize(("select", "message"), [

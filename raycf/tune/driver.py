@@ -284,8 +284,7 @@ def finish(location: Location, record: StudyRecord, results: tune.ResultGrid, se
     leaderboard = write_results(location, record, results, seconds)
     repeats = None
     if record.repeat_seeds:
-        repeats = run_repeats(location, record.data_spec, record.fractions, record.repeat_seeds, leaderboard,
-                              record.cpus_per_trial, record.selection)
+        repeats = run_repeats(location, record, leaderboard)
     log_study(location, record)  # the results on the study's MLflow parent run, when it is tracked
     return StudyResult(location.uri, leaderboard, repeats)
 

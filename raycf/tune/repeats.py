@@ -1,54 +1,20 @@
-"""Seed repeats: the best configuration of each model trained again on several split seeds, in parallel
-as Ray tasks, with mean and spread of every test metric and a paired comparison of the models."""
+"""Seed repeats: the best configuration of each model on several split seeds (raycf.tune.seed_runs: trained again
+as Ray tasks, or the trial's own run), with mean and spread of every test metric and a paired comparison of the
+models."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
-import ray
-import torch
 from scipy import stats
 
-from raycf.data.source import load_filtered
-from raycf.data.spec import DataSpec
-from raycf.data.split import Split
-from raycf.eval.evaluation import evaluate_metrics, summarize
-from raycf.eval.metrics import METRICS, Selection
-from raycf.models.config import TrainConfig
+from raycf.eval.metrics import METRICS
 from raycf.runs.layout import REPEATS_FILE, REPEATS_SUMMARY
+from raycf.runs.record import StudyRecord
 from raycf.storage.json_text import json_text
 from raycf.storage.location import Location, parquet_bytes
-from raycf.train.trainer import train
-
-
-@ray.remote
-def repeat_run(split: Split, config: dict[str, Any], threads: int, selection: Selection) -> dict[str, Any]:
-    """Train one configuration on one split (best epoch by `selection`); its validation metrics at that epoch
-    (`valid_*`) and its test metrics there (each user's inputs masked: Split.known)."""
-    torch.set_num_threads(threads)
-    result = train(split, TrainConfig.from_dict(config, where="repeat", stored=True), selection=selection)
-    test = summarize(evaluate_metrics(result.model, split, "test", selection.metrics, mask="train"))
-    valid = {f"valid_{name}": result.best_valid[name] for name in selection.reported}
-    return {"model": config["model"], "seed": config["seed"], "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, **valid, **{name: test[name] for name in selection.reported},
-            "config": json.dumps(config, sort_keys=True)}
-
-
-def train_on_seeds(data: DataSpec, fractions: tuple[float, float, float], seeds: tuple[int, ...],
-                   configs: list[str], cpus_per_task: float, selection: Selection) -> pd.DataFrame:
-    """Every (configuration JSON, split seed) pair trained as a Ray task; one row each, in `configs` order
-    (`config_index` says which) then seed order."""
-    source = load_filtered(data)
-    splits = {seed: ray.put(source.split(fractions, seed)) for seed in seeds}
-    threads = max(1, int(cpus_per_task))
-    futures = [repeat_run.options(num_cpus=cpus_per_task).remote(splits[seed], {**json.loads(config), "seed": seed},
-                                                                 threads, selection)
-               for config in configs for seed in seeds]
-    rows = pd.DataFrame(ray.get(futures))
-    rows.insert(0, "config_index", [index for index in range(len(configs)) for _ in seeds])
-    return rows
+from raycf.tune.seed_runs import train_on_seeds
 
 
 def paired_comparison(repeats: pd.DataFrame, first: str, second: str) -> dict[str, Any]:
@@ -85,12 +51,12 @@ def summarize_repeats(repeats: pd.DataFrame) -> dict[str, Any]:
     return summary
 
 
-def run_repeats(location: Location, data: DataSpec, fractions: tuple[float, float, float],
-                seeds: tuple[int, ...], leaderboard: pd.DataFrame, cpus_per_task: float,
-                selection: Selection) -> pd.DataFrame:
-    """Train every (best configuration, seed) pair as a Ray task; write repeats.parquet and repeats.json."""
-    rows = train_on_seeds(data, fractions, seeds, list(leaderboard["config"]), cpus_per_task, selection)
-    repeats = rows[["model", "seed", "best_epoch", "epochs_run", *selection.reported, "config"]]
+def run_repeats(location: Location, record: StudyRecord, leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """Every (best configuration, repeat seed) pair, trained as a Ray task or the trial's own run
+    (raycf.tune.seed_runs); write repeats.parquet and repeats.json."""
+    rows = train_on_seeds(location, record, record.repeat_seeds, leaderboard)
+    repeats = rows[["model", "seed", "best_epoch", "epochs_run", *record.selection.reported, "config", "from_trial",
+                    "train_seconds", "valid_seconds"]]
     repeats = repeats.sort_values(["model", "seed"], ignore_index=True)
     location.write_bytes(REPEATS_FILE, parquet_bytes(repeats))
     summary = summarize_repeats(repeats)

@@ -26,9 +26,10 @@ def candidates(trials: pd.DataFrame, selection: Selection, top: int) -> pd.DataF
 
 def run_selection(location: Location, record: StudyRecord, trials: pd.DataFrame,
                   selection: Selection) -> pd.DataFrame:
-    """Train the candidates on every selection seed; write select.parquet (one row per trial and seed:
-    `trial_id`, `model`, `seed`, `best_epoch`, `epochs_run`, `valid_*`, test `precision` ... `mrr`, `config`)."""
-    from raycf.tune.repeats import (
+    """The candidates on every selection seed, trained or the trial's own run (raycf.tune.seed_runs); write
+    select.parquet (one row per trial and seed: `trial_id`, `model`, `seed`, `best_epoch`, `epochs_run`,
+    `valid_*`, test `precision` ... `mrr`, `config`, `from_trial`, `train_seconds`, `valid_seconds`)."""
+    from raycf.tune.seed_runs import (
         train_on_seeds,  # Ray: only when the selection runs, not for the report
     )
 
@@ -36,8 +37,6 @@ def run_selection(location: Location, record: StudyRecord, trials: pd.DataFrame,
     if spec is None:
         raise ValueError(f"{record.name}: the study has no robust selection (study key select)")
     chosen = candidates(trials, selection, spec.top)
-    rows = train_on_seeds(record.data_spec, record.fractions, spec.seeds, list(chosen["config"]),
-                          record.cpus_per_trial, selection)
-    rows.insert(0, "trial_id", chosen["trial_id"].to_numpy()[rows.pop("config_index").to_numpy()])
+    rows = train_on_seeds(location, record, spec.seeds, chosen)
     location.write_bytes(SELECT_FILE, parquet_bytes(rows))
     return rows
