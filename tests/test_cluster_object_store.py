@@ -27,7 +27,7 @@ from conftest import ObjectStore, TwoNodeCluster
 from raycf.data.source import prepare_split
 from raycf.data.synthetic import generate_synthetic
 from raycf.report.run_report import REPORT_HTML, REPORT_MD
-from raycf.runs.layout import BEST_FILE
+from raycf.runs.layout import BEST_FILE, REPEATS_FILE
 from raycf.score.job import SUMMARY_JSON, TOPK_DIR, USER_METRICS_DIR
 from raycf.storage.location import POINTER_FILE
 from raycf.study.schema import load_study
@@ -78,9 +78,10 @@ def versions(store: ObjectStore, prefix: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def s3_study(two_nodes: TwoNodeCluster, object_store: ObjectStore) -> str:
-    """studies/quickstart.yaml submitted to the two nodes with --storage s3://raycf/runs, then scored there."""
+    """studies/quickstart.yaml submitted to the two nodes with --storage s3://raycf/runs, seed repeats on the study's
+    own split seed, then scored there."""
     output = raycf("tune", "studies/quickstart.yaml", "--submit", two_nodes.dashboard, "--storage",
-                   object_store.uri("runs"), "--name", "cluster", env=two_nodes.env).stdout
+                   object_store.uri("runs"), "--name", "cluster", "--repeat-seeds", "0", env=two_nodes.env).stdout
     assert "SUCCEEDED" in output
     run = object_store.uri("runs/cluster")
     assert "SUCCEEDED" in raycf("score", run, "--submit", two_nodes.dashboard, env=two_nodes.env).stdout
@@ -92,6 +93,12 @@ def test_study_on_s3_runs_on_both_nodes_and_is_scored_and_reported_from_s3(s3_st
     trials = pd.read_parquet(io.BytesIO(object_store.read(f"runs/cluster/{TRIALS_FILE}")))
     assert len(trials) == 10 and trials["error"].isna().all() and trials["node_id"].nunique() == 2
     assert trials["checkpoint"].str.startswith("run_trial_").all()  # relative: the run can move
+    # each model's best trial that ended on its own is its seed-0 repeat, read from S3, not trained again
+    repeats = pd.read_parquet(io.BytesIO(object_store.read(f"runs/cluster/{REPEATS_FILE}")))
+    ended = trials[trials["stopped_by"] != "asha"].groupby("model")["valid_ndcg"].max()
+    best = trials.groupby("model")["valid_ndcg"].max()
+    assert list(repeats["from_trial"]) == [bool(ended.get(model) == best[model]) for model in repeats["model"]]
+    assert repeats["from_trial"].any() and (repeats["train_seconds"] > 0).all()
     pointer = json.loads(object_store.read(f"runs/cluster/scores/{POINTER_FILE}"))
     assert versions(object_store, "runs/cluster/scores/") == {pointer["version"]}
     summary = json.loads(object_store.read(f"runs/cluster/scores/{pointer['version']}/{SUMMARY_JSON}"))
