@@ -1,5 +1,6 @@
 """Robust selection: after the search, the `top` best configurations of each model (by the study's
-validation metric) are trained again on several split seeds as Ray tasks, and each model's winner is the
+validation metric) are trained again on several split seeds as Ray tasks (on the study's own split, a trial
+that ended on its own is that run already: raycf.tune.seed_runs), and each model's winner is the
 configuration with the best MEAN validation metric over those seeds.
 
 A validation mean over ~6,000 users moves by about 0.004 NDCG@5 with the luck of the split; one split
