@@ -128,12 +128,14 @@ def test_robust_selection_picks_the_best_mean_over_seeds(ray_cluster, tmp_path: 
     assert "## Robust selection" in report and "noise" in report
 
 
-def test_a_trial_on_its_own_split_is_not_trained_again(ray_cluster, tmp_path: Path) -> None:
+def test_a_trial_on_its_own_split_is_not_trained_again(ray_cluster, tmp_path: Path, capsys) -> None:
     """Every trial is a candidate (top 3 of 3), selection and repeats on seeds 0 (the study's) and 1: a trial that
-    ended on its own gives its seed-0 rows itself; its other seeds and the ASHA-stopped trials are trained."""
+    ended on its own gives its seed-0 rows itself; its other seeds and the ASHA-stopped trials are trained. The
+    console says so as each phase starts and as each of its runs ends."""
     study = tmp_path / "reuse.yaml"
     study.write_text(TINY_STUDY + "select: {top: 3, seeds: [0, 1]}\nrepeat_seeds: [1, 0]\n")
     assert run_raycf("tune", str(study), "--storage", str(tmp_path), "--name", "run") == 0
+    console = capsys.readouterr().out
     run_dir = tmp_path / "run"
     trials = pd.read_parquet(run_dir / TRIALS_FILE).set_index("trial_id")
     assert "asha" in set(trials["stopped_by"]) and set(trials["stopped_by"]) & set(ENDED_ON_ITS_OWN)
@@ -142,6 +144,13 @@ def test_a_trial_on_its_own_split_is_not_trained_again(ray_cluster, tmp_path: Pa
     assert list(rows["trial_id"]) == [trial for trial in rows["trial_id"].unique() for _ in (0, 1)]
     ended = rows["trial_id"].map(trials["stopped_by"]).isin(ENDED_ON_ITS_OWN)
     assert (rows["from_trial"] == (ended & (rows["seed"] == 0))).all() and 0 < rows["from_trial"].sum() < 6
+    reused = int(rows["from_trial"].sum())
+    assert f"selection: 12 runs on split seeds 0, 1: {12 - reused} to train, {reused} " in console
+    done = re.findall(r"^selection: (\d+) of 12 done \(.*\): trial (\S+) (\w+), split seed (\d), valid ndcg@5 "
+                      r"([0-9.]+) at epoch (\d+)( \(the trial's own run\))?$", console, flags=re.MULTILINE)
+    assert [int(line[0]) for line in done] == list(range(1, 13))
+    assert sorted((trial, int(seed), bool(own)) for _, trial, _, seed, _, _, own in done) == sorted(
+        zip(rows["trial_id"], rows["seed"], rows["from_trial"]))
     repeats = pd.read_parquet(run_dir / REPEATS_FILE)
     winners = pd.read_parquet(run_dir / LEADERBOARD_FILE).set_index("model")["trial_id"]
     winner_ended = repeats["model"].map(winners).map(trials["stopped_by"]).isin(ENDED_ON_ITS_OWN)

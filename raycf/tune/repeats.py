@@ -54,7 +54,7 @@ def summarize_repeats(repeats: pd.DataFrame) -> dict[str, Any]:
 def run_repeats(location: Location, record: StudyRecord, leaderboard: pd.DataFrame) -> pd.DataFrame:
     """Every (best configuration, repeat seed) pair, trained as a Ray task or the trial's own run
     (raycf.tune.seed_runs); write repeats.parquet and repeats.json."""
-    rows = train_on_seeds(location, record, record.repeat_seeds, leaderboard)
+    rows = train_on_seeds(location, record, record.repeat_seeds, leaderboard, "repeats")
     repeats = rows[["model", "seed", "best_epoch", "epochs_run", *record.selection.reported, "config", "from_trial",
                     "train_seconds", "valid_seconds"]]
     repeats = repeats.sort_values(["model", "seed"], ignore_index=True)

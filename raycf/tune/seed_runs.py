@@ -14,6 +14,7 @@ retraining would measure again.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from raycf.runs.layout import SPLIT_DIR
 from raycf.runs.record import StudyRecord
 from raycf.storage.location import Location, parse_results
 from raycf.train.trainer import train
+from raycf.tune.console import seed_run_done, seed_runs_started
 
 ENDED_ON_ITS_OWN = ("patience", "max_t", "complete")
 """trials.parquet `stopped_by` values (raycf.tune.endings.stop_reason) of a trial that no scheduler cut short."""
@@ -123,10 +125,10 @@ def submission_order(epochs: list[int], reused: list[bool]) -> list[int]:
 
 
 def train_on_seeds(location: Location, record: StudyRecord, seeds: tuple[int, ...],
-                   candidates: pd.DataFrame) -> pd.DataFrame:
+                   candidates: pd.DataFrame, phase: str) -> pd.DataFrame:
     """Every (candidate trial, split seed) pair as a Ray task: the trial's own run evaluated where it is one
     (`own_run`), else trained (`submission_order`). One row each, `trial_id` first, in `candidates` order
-    then seed order."""
+    then seed order. The console gets a line as the `phase` (selection, repeats) starts and as each run ends."""
     source = load_filtered(record.data_spec)
     splits = {seed: source.split(record.fractions, seed) for seed in seeds}
     run_split = json.loads(location.read_bytes(f"{SPLIT_DIR}/manifest.json"))["split_sha256"]
@@ -145,6 +147,14 @@ def train_on_seeds(location: Location, record: StudyRecord, seeds: tuple[int, ..
             futures[number] = trial_row.options(**options).remote(split, run, config, threads, selection)
         else:
             futures[number] = repeat_run.options(**options).remote(split, config, threads, selection)
-    rows = pd.DataFrame(ray.get([futures[number] for number in range(len(jobs))]))
+    print(seed_runs_started(phase, seeds, len(jobs) - sum(reused), sum(reused)), flush=True)
+    started, pending, done = time.monotonic(), {future: number for number, future in futures.items()}, {}
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        number = pending.pop(ready)
+        done[number] = ray.get(ready)
+        print(seed_run_done(phase, len(done), len(jobs), jobs[number][0]["trial_id"], done[number], selection,
+                            time.monotonic() - started), flush=True)
+    rows = pd.DataFrame([done[number] for number in range(len(jobs))])
     rows.insert(0, "trial_id", [trial["trial_id"] for trial, _ in jobs])
     return rows

@@ -38,6 +38,6 @@ def run_selection(location: Location, record: StudyRecord, trials: pd.DataFrame,
     if spec is None:
         raise ValueError(f"{record.name}: the study has no robust selection (study key select)")
     chosen = candidates(trials, selection, spec.top)
-    rows = train_on_seeds(location, record, spec.seeds, chosen)
+    rows = train_on_seeds(location, record, spec.seeds, chosen, "selection")
     location.write_bytes(SELECT_FILE, parquet_bytes(rows))
     return rows
