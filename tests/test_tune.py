@@ -17,11 +17,12 @@ from raycf.data.schemes.records import split_interactions
 from raycf.data.source import load_split
 from raycf.data.synthetic import generate_synthetic
 from raycf.eval.evaluation import evaluate_model, summarize
+from raycf.eval.metrics import METRICS
 from raycf.models.config import TrainConfig
 from raycf.runs.layout import BEST_FILE
 from raycf.train.trainer import train
 from raycf.tune.driver import LEADERBOARD_FILE, SPLIT_DIR, TRIALS_FILE
-from raycf.tune.repeats import REPEATS_FILE, REPEATS_SUMMARY
+from raycf.tune.repeats import REPEATS_FILE, REPEATS_SUMMARY, format_repeats, summarize_repeats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,20 @@ def test_repeat_seeds_retrain_the_best_configurations_and_compare_them(ray_clust
     split = split_interactions(generate_synthetic(n_users=300, n_items=100), seed=3)
     result = train(split, TrainConfig.from_dict(json.loads(row["config"])))
     assert summarize(evaluate_model(result.model, split, "test"))["ndcg"] == pytest.approx(row["ndcg"], abs=1e-9)
+
+
+def test_repeats_compare_the_models_on_the_studys_own_metric() -> None:
+    """A study selecting on NDCG@100 is summarised by NDCG@100's paired difference, not NDCG@5's."""
+    rows = [{"model": model, "seed": seed, **dict.fromkeys(METRICS, 0.3 if model == "ease" else 0.28),
+             "ndcg@100": base + 0.01 * seed}
+            for model, base in (("ease", 0.41), ("recvae", 0.42)) for seed in (0, 1, 2)]
+    repeats = pd.DataFrame(rows)
+    summary = summarize_repeats(repeats)
+    assert summary["paired"]["models"] == ["recvae", "ease"]
+    assert summary["paired"]["ndcg@100"]["mean_difference"] == pytest.approx(0.01)
+    assert summary["paired"]["ndcg@100"]["wins"] == 3 and summary["paired"]["ndcg"]["wins"] == 0
+    line = format_repeats(repeats, "ndcg@100").splitlines()[-1]
+    assert line.startswith("  recvae - ease: ndcg@100 +0.0100, wins 3 of 3")
 
 
 def test_unreachable_address_fails_fast_with_one_line(tmp_path):

@@ -314,7 +314,7 @@ def tune_command(ctx: click.Context, study_file: str | None, resume_dir: str | N
                                                             verbose=tune_verbosity(verbose)), split)
     click.echo(tuning.format_leaderboard(result.leaderboard))
     if result.repeats is not None:
-        click.echo(format_repeats(result.repeats))
+        click.echo(format_repeats(result.repeats, result.metric))
     click.echo(f"run directory: {result.run_dir} (best.json, leaderboard.parquet, trials.parquet)")
     for line in closing_lines(local_ray=not joins_a_cluster(address)):
         click.echo(line)

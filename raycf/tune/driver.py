@@ -277,6 +277,8 @@ class StudyResult:
     leaderboard: pd.DataFrame
     repeats: pd.DataFrame | None
     """Test metrics of the best configurations on every repeat seed (when the study asks for repeats)."""
+    metric: str = "ndcg"
+    """The study's metric, as repeats.parquet names its test column (`ndcg`, `ndcg@100`)."""
 
 
 def finish(location: Location, record: StudyRecord, results: tune.ResultGrid, seconds: float) -> StudyResult:
@@ -286,7 +288,7 @@ def finish(location: Location, record: StudyRecord, results: tune.ResultGrid, se
     if record.repeat_seeds:
         repeats = run_repeats(location, record, leaderboard)
     log_study(location, record)  # the results on the study's MLflow parent run, when it is tracked
-    return StudyResult(location.uri, leaderboard, repeats)
+    return StudyResult(location.uri, leaderboard, repeats, record.selection.field)
 
 
 def new_run_location(storage: str, name: str) -> Location:

@@ -18,10 +18,12 @@ from raycf.tune.seed_runs import train_on_seeds
 
 
 def paired_comparison(repeats: pd.DataFrame, first: str, second: str) -> dict[str, Any]:
-    """Per metric: mean and std of first - second over the shared seeds, wins, paired t-test."""
-    table = repeats.pivot(index="seed", columns="model", values=list(METRICS)).dropna()
+    """Per test metric (`test_fields`): mean and std of first - second over the shared seeds, wins, paired
+    t-test."""
+    names = test_fields(repeats)
+    table = repeats.pivot(index="seed", columns="model", values=names).dropna()
     comparison: dict[str, Any] = {"models": [first, second], "seeds": [int(seed) for seed in table.index]}
-    for name in METRICS:
+    for name in names:
         difference = (table[(name, first)] - table[(name, second)]).to_numpy()
         entry = {"mean_difference": float(difference.mean()), "wins": int((difference > 0).sum())}
         if len(difference) > 1:
@@ -64,18 +66,19 @@ def run_repeats(location: Location, record: StudyRecord, leaderboard: pd.DataFra
     return repeats
 
 
-def format_repeats(repeats: pd.DataFrame) -> str:
-    """Mean ± std of each test metric per model over the seeds."""
+def format_repeats(repeats: pd.DataFrame, metric: str = "ndcg") -> str:
+    """Mean ± std of each test metric per model over the seeds; with two models, their paired difference in the
+    study's `metric` (a repeats.parquet column: `ndcg`, `ndcg@100`)."""
     summary = summarize_repeats(repeats)
-    lines = [f"test @5 over split seeds {sorted(repeats['seed'].unique().tolist())} (each user's inputs masked: "
-             "train items, or a held-out user's fold-in items):"]
+    lines = [f"test metrics over split seeds {sorted(repeats['seed'].unique().tolist())} (@5 unless named; each "
+             "user's inputs masked: train items, or a held-out user's fold-in items):"]
     for model, metrics in summary["per_model"].items():
         lines.append(f"  {model:8s} " + "  ".join(
             f"{name} {values['mean']:.4f}±{values['std']:.4f}" for name, values in metrics.items()))
     if "paired" in summary:
         first, second = summary["paired"]["models"]
-        ndcg = summary["paired"]["ndcg"]
-        lines.append(f"  {first} - {second}: ndcg {ndcg['mean_difference']:+.4f}, wins {ndcg['wins']} of "
-                     f"{len(summary['paired']['seeds'])}" + (f", paired t p={ndcg['p_value']:.3g}" if "p_value" in ndcg
-                                                              else ""))
+        paired = summary["paired"][metric]
+        lines.append(f"  {first} - {second}: {metric} {paired['mean_difference']:+.4f}, wins {paired['wins']} of "
+                     f"{len(summary['paired']['seeds'])}" + (f", paired t p={paired['p_value']:.3g}"
+                                                              if "p_value" in paired else ""))
     return "\n".join(lines)
