@@ -127,7 +127,7 @@ def seed_run_parts(rows: pd.DataFrame, tasks: list[Any]) -> dict[str, float]:
     parts = {"epochs": float(trained["train_seconds"].sum()), "validation": float(trained["valid_seconds"].sum())}
     busy = sum(task.end_time_ms - task.start_time_ms for task in tasks
                if task.func_or_class_name in SEED_TASKS and task.start_time_ms and task.end_time_ms) / 1e3
-    if busy:
+    if busy >= parts["epochs"] + parts["validation"]:  # else Ray's state API lost some task events
         parts["task start, test, reused runs"] = busy - parts["epochs"] - parts["validation"]
     return parts
 
