@@ -17,8 +17,10 @@ from raycf.errors import RaycfError
 from raycf.eval.evaluation import RankingTask
 from raycf.eval.metrics import top_k
 from raycf.eval.ranking import (
+    BLOCK_CELLS,
     candidate_count,
     final_rounding,
+    linear_in_blocks,
     rank,
     rank_in_two_stages,
     rounding_error,
@@ -38,6 +40,15 @@ def dense(batch: SparseBatch) -> torch.Tensor:
 def test_float32_output_product_is_the_layer_itself() -> None:
     layer, x = nn.Linear(6, 9), torch.randn(4, 6)
     assert torch.equal(output_product(x, layer, "float32"), layer(x))
+
+
+def test_product_in_blocks_has_the_bits_of_one_product() -> None:
+    torch.manual_seed(0)
+    layer, x = nn.Linear(40, 5_000), torch.randn(130, 40)  # blocks of 52 rows: 52, 52 and 26
+    assert BLOCK_CELLS // 5_000 < 130
+    assert torch.equal(linear_in_blocks(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias))
+    low = (x.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16())
+    assert torch.equal(linear_in_blocks(*low), F.linear(*low))
 
 
 def test_bfloat16_output_product_and_gradients_err_within_bfloat16_rounding() -> None:

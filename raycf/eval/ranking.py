@@ -24,6 +24,8 @@ from raycf.models import NeuralRecommender, Recommender, SparseBatch
 
 SCORE_CELLS = 2**24
 """Scores one ranking batch may hold (64 MiB of float32)."""
+BLOCK_CELLS = 2**18
+"""Scores a CPU product writes at a time (`linear_in_blocks`: 1 MiB of float32, about a core's cache)."""
 
 
 def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,9 +67,26 @@ def rank_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`rank` for inputs already cut as a batch (e.g. from rows resident on the model's device)."""
     with torch.no_grad():
-        if isinstance(model, NeuralRecommender) and model.coarse_dtype is not None:
-            return rank_in_two_stages(model.features(batch), model.decoder, known, k, model.coarse_dtype)
-        return ranked(model.scores(batch), known, k)
+        if not isinstance(model, NeuralRecommender):
+            return ranked(model.scores(batch), known, k)
+        features, layer = model.features(batch), model.decoder
+        if model.coarse_dtype is not None:
+            return rank_in_two_stages(features, layer, known, k, model.coarse_dtype)
+        return ranked(linear_in_blocks(features, layer.weight, layer.bias), known, k)
+
+
+def linear_in_blocks(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F.linear(features, weight, bias) without a gradient, the same bits; on a CPU written a block of BLOCK_CELLS
+    scores at a time into one output, which runs the product faster (Mult-VAE's 1,024 x 200 x 3,651 at one thread:
+    ~19 against ~29 ms) than one product whose output leaves the cache as it is written."""
+    with torch.no_grad():
+        if features.device.type != "cpu":
+            return F.linear(features, weight, bias)
+        step = max(1, BLOCK_CELLS // weight.shape[0])
+        out = features.new_empty((features.shape[0], weight.shape[0]))
+        for start in range(0, features.shape[0], step):
+            torch.addmm(bias, features[start : start + step], weight.t(), out=out[start : start + step])
+        return out
 
 
 def ranked(scores: torch.Tensor, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +115,7 @@ def rank_in_two_stages(
     `candidate_count` best, and float32 scores of the whole row where the coarse stage cannot prove the result."""
     low = (features.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype))
     n_rows, n_items = features.shape[0], layer.weight.shape[0]
-    coarse = F.linear(*low)
+    coarse = linear_in_blocks(*low)
     mask_known(coarse, known)
     coarse_values, candidates = torch.topk(coarse, candidate_count(k, n_items), dim=1)
     del coarse
