@@ -26,6 +26,9 @@ SCORE_CELLS = 2**24
 """Scores one ranking batch may hold (64 MiB of float32)."""
 BLOCK_CELLS = 2**18
 """Scores a CPU product writes at a time (`linear_in_blocks`: 1 MiB of float32, about a core's cache)."""
+MIN_BLOCK_ROWS = 64
+"""Fewest rows a block may have: with fewer the product itself slows down more than the cache saves (834 x 200 x
+20,108 at one thread: one product 153 ms, blocks of 13 rows 223 ms), so wider catalogs take one product."""
 
 
 def rank(model: Recommender, inputs: sp.csr_matrix, known: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +79,14 @@ def rank_batch(
 
 
 def linear_in_blocks(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """F.linear(features, weight, bias) without a gradient, the same bits; on a CPU written a block of BLOCK_CELLS
-    scores at a time into one output, which runs the product faster (Mult-VAE's 1,024 x 200 x 3,651 at one thread:
-    ~19 against ~29 ms) than one product whose output leaves the cache as it is written."""
+    """F.linear(features, weight, bias) without a gradient, the same bits; on a CPU, where a block of BLOCK_CELLS
+    scores holds at least MIN_BLOCK_ROWS rows, written a block at a time into one output, which runs the product
+    faster (Mult-VAE's 1,024 x 200 x 3,651 at one thread: ~19 against ~29 ms) than one product whose output leaves
+    the cache as it is written."""
+    step = BLOCK_CELLS // weight.shape[0]
     with torch.no_grad():
-        if features.device.type != "cpu":
+        if features.device.type != "cpu" or step < MIN_BLOCK_ROWS:
             return F.linear(features, weight, bias)
-        step = max(1, BLOCK_CELLS // weight.shape[0])
         out = features.new_empty((features.shape[0], weight.shape[0]))
         for start in range(0, features.shape[0], step):
             torch.addmm(bias, features[start : start + step], weight.t(), out=out[start : start + step])
