@@ -1,22 +1,33 @@
-"""Training and full-ranking validation speed of both models against the machine's matmul bound (prints figures;
-not a test).
+"""Training and full-ranking validation speed of the neural models against the machine's matmul bound (prints
+figures; not a test).
 
     RAYCF_ML1M=../shared/data/ml-1m/ratings.dat.gz python benchmarks/bench_training.py        # ML-1M
     python benchmarks/bench_training.py --shape ml20m --split-cache /tmp/raycf-ml20m-split      # ML-20M-shaped
     options: --epochs N (timed epochs and validations per model), --warmup N, --threads N, --device cuda,
-             --models multvae, --matmul-dtype bfloat16 (mixed-precision output layer; the bound stays float32's)
+             --models multvae autorec recvae (default: the first two), --matmul-dtype bfloat16 (mixed-precision
+             output layer; the bound stays float32's), --batch-size N (default: each model's own)
 
 `--shape ml20m` is synthetic data of ML-20M's shape (136,677 users x 20,108 items, ~9.3 M interactions,
 raycf.data.synthetic), split 60/20/20 with seed 0; `--split-cache DIR` keeps that split (Parquet) for the next
 run. Each model trains with its reference settings (TrainConfig.for_model, seed 0).
 
-FLOP model (a multiply-add counts 2; the models' default architecture, no hidden layers):
+FLOP model (a multiply-add counts 2; the models' default architecture: Mult-VAE and AutoRec without hidden layers):
   epoch       3 * 2 * users * hidden * items   the decoder's three products: forward, input gradient, weight
                                                 gradient (users: those with a train row)
             + 2 * 2 * nnz * width             the sparse encoder's forward and weight gradient (nnz: train
                                                 entries; width: 2 * hidden for Mult-VAE's mean and log-variance,
                                                 hidden for AutoRec)
   validation  2 * users_with_heldout * hidden * items   the scoring product (the encoder, ~1 %, not counted)
+RecVAE (its paper's settings: a 600-wide encoder of 5 layers, batch 500) alternates encoder and decoder epochs, each
+with its own work; with O = 2 * users * hidden * items (one output-layer product), S = 2 * nnz * width (one pass of
+the sparse input layer) and D = 2 * users * ((depth - 1) * width^2 + width * 2 * hidden) (the dense encoder layers'
+forward):
+  encoder epoch   2 O (forward, input gradient: the decoder is frozen) + 2 S + 3 D (the encoder trained)
+                  + S + D (the frozen copy of the encoder that gives the composite prior its posterior)
+  decoder epoch   2 O (forward, weight gradient) + S + D (the encoder's forward, no gradient)
+  validation      (S + D) / users * users_with_heldout + O / users * users_with_heldout: its encoder is larger than
+                  its scoring product, so both count
+and each kind of epoch gets its own row (`recvae enc`, `recvae dec`; the validation figures repeat in both).
 Bound = FLOPs / the dense float32 matmul rate (2048 x 2048 products) measured in the training process before and
 after the model's timings; the higher rate is used, so a machine busy with other work gives a conservative ratio.
 Ratio = median seconds / bound. The `cpu` columns repeat the ratio by the process's CPU clock (its CPU seconds
@@ -38,7 +49,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -105,20 +116,47 @@ def dense_matmul_gflops(device: str, size: int = 2048, repeats: int = 5, dtype: 
 
 
 def encoder_width(config: TrainConfig) -> int:
-    return 2 * config.params.hidden if config.model == "multvae" else config.params.hidden
+    """Width of the sparse input layer's output."""
+    params: Any = config.params  # a neural model's (NeuralParams and its subclasses)
+    if config.model == "recvae":
+        return int(params.width)
+    return 2 * params.hidden if config.model == "multvae" else int(params.hidden)
 
 
-def epoch_gflop(split: Split, config: TrainConfig) -> float:
-    """Floating-point work of one training epoch (the FLOP model above)."""
-    decoder = 3 * 2 * len(split.train_users) * config.params.hidden * split.n_items
-    encoder = 2 * 2 * split.train.nnz * encoder_width(config)
-    return (decoder + encoder) / 1e9
+def dense_encoder_macs(config: TrainConfig) -> int:
+    """Multiply-adds per user of the encoder's dense layers: RecVAE's (the others' defaults have none)."""
+    params: Any = config.params
+    if config.model != "recvae":
+        return 0
+    return (params.depth - 1) * params.width**2 + params.width * 2 * params.hidden
+
+
+def epoch_phase(config: TrainConfig, epoch: int) -> str:
+    """"enc" or "dec" for RecVAE's epoch `epoch` (0-based), "" for a model trained the same way every epoch."""
+    if config.model != "recvae":
+        return ""
+    params: Any = config.params
+    return "enc" if epoch % (params.encoder_epochs + params.decoder_epochs) < params.encoder_epochs else "dec"
+
+
+def epoch_gflop(split: Split, config: TrainConfig, phase: str = "") -> float:
+    """Floating-point work of one training epoch of `phase` (epoch_phase; the FLOP model above)."""
+    users, params = len(split.train_users), cast(Any, config.params)
+    output = 2 * users * params.hidden * split.n_items
+    sparse = 2 * split.train.nnz * encoder_width(config)
+    dense = 2 * users * dense_encoder_macs(config)
+    work = {"": 3 * output + 2 * sparse, "enc": 2 * output + 3 * sparse + 4 * dense, "dec": 2 * output + sparse + dense}
+    return work[phase] / 1e9
 
 
 def validation_gflop(split: Split, config: TrainConfig) -> float:
     """Floating-point work of one full-ranking validation (the FLOP model above)."""
     users = int((split.valid.getnnz(axis=1) > 0).sum())
-    return 2 * users * config.params.hidden * split.n_items / 1e9
+    scoring = 2 * users * cast(Any, config.params).hidden * split.n_items
+    if config.model != "recvae":
+        return scoring / 1e9
+    per_user = (2 * split.train.nnz * encoder_width(config)) / len(split.train_users) + 2 * dense_encoder_macs(config)
+    return (scoring + users * per_user) / 1e9
 
 
 def reset_peak_rss() -> bool:
@@ -143,7 +181,8 @@ def peak_rss_mb() -> float:
 class ModelRun(NamedTuple):
     """One model's figures, from its own process."""
 
-    epoch: Clocks
+    epochs: dict[str, Clocks]
+    """Median seconds of the timed epochs of each phase (epoch_phase)."""
     valid: Clocks
     rate: Clocks
     """The best dense float32 matmul rate of that process (GFLOP/s by each clock)."""
@@ -164,17 +203,22 @@ def run_model(split: Split, model: str, args: argparse.Namespace) -> ModelRun:
     if args.threads:
         torch.set_num_threads(args.threads)
     before = dense_matmul_gflops(args.device)
-    trainer = Trainer(split, TrainConfig.for_model(model, seed=0, matmul_dtype=args.matmul_dtype), args.device)
+    config = TrainConfig.for_model(model, seed=0, matmul_dtype=args.matmul_dtype, batch_size=args.batch_size)
+    trainer = Trainer(split, config, args.device)
     for _ in range(args.warmup):
         trainer.train_epoch()
-    epoch = median([timed(trainer.train_epoch) for _ in range(args.epochs)])
+    phases: dict[str, list[Clocks]] = {}
+    for _ in range(args.epochs):
+        phase = epoch_phase(trainer.config, trainer.epoch)
+        phases.setdefault(phase, []).append(timed(trainer.train_epoch))
+    epochs = {phase: median(timings) for phase, timings in phases.items()}
     valid = median([timed(trainer.validate) for _ in range(args.epochs)])
     peak = peak_rss_mb()
     after = dense_matmul_gflops(args.device)
     rate = Clocks(max(before.wall, after.wall), max(before.cpu, after.cpu))
     bfloat16_rate = dense_matmul_gflops(args.device, dtype=torch.bfloat16).wall
     assert trainer.precision is not None
-    return ModelRun(epoch, valid, rate, bfloat16_rate, peak, torch.get_num_threads(),
+    return ModelRun(epochs, valid, rate, bfloat16_rate, peak, torch.get_num_threads(),
                     precision_words(trainer.precision.to_dict()))
 
 
@@ -183,15 +227,20 @@ def in_own_process(split: Split, model: str, args: argparse.Namespace) -> ModelR
         return pool.submit(run_model, split, model, args).result()
 
 
-def table_row(split: Split, model: str, run: ModelRun) -> str:
-    """model, then per epoch and validation: seconds, bound, ratio, CPU-clock ratio; then peak RSS."""
+def table_rows(split: Split, model: str, run: ModelRun) -> list[str]:
+    """Per phase of its epochs: model, then per epoch and validation: seconds, bound, ratio, CPU-clock ratio; then
+    peak RSS."""
     config = TrainConfig.for_model(model, seed=0)
-    row = f"{model:8s}"
-    for seconds, gflop in ((run.epoch, epoch_gflop(split, config)), (run.valid, validation_gflop(split, config))):
-        bound = gflop / run.rate.wall
-        row += (f" {seconds.wall:9.3f} {bound:8.3f} {seconds.wall / bound:6.2f}x "
-                f"{seconds.cpu / (gflop / run.rate.cpu):6.2f}x")
-    return row + f" {run.peak_rss_mb:8.0f} {run.rate.wall:8.1f}"
+    rows = []
+    for phase, epoch in sorted(run.epochs.items(), reverse=True):
+        row = f"{(model + ' ' + phase).strip():11s}"
+        work = ((epoch, epoch_gflop(split, config, phase)), (run.valid, validation_gflop(split, config)))
+        for seconds, gflop in work:
+            bound = gflop / run.rate.wall
+            row += (f" {seconds.wall:9.3f} {bound:8.3f} {seconds.wall / bound:6.2f}x "
+                    f"{seconds.cpu / (gflop / run.rate.cpu):6.2f}x")
+        rows.append(row + f" {run.peak_rss_mb:8.0f} {run.rate.wall:8.1f}")
+    return rows
 
 
 def machine_header(threads: int) -> str:
@@ -210,13 +259,14 @@ def main() -> None:
     parser.add_argument("--shape", choices=["ml1m", "ml20m"], default="ml1m", help="ML-1M, or synthetic ML-20M shape")
     parser.add_argument("--epochs", type=int, help="timed epochs and validations per model (default 5; ml20m 1)")
     parser.add_argument("--warmup", type=int, help="untimed epochs first (default 1; ml20m 0)")
-    parser.add_argument("--models", nargs="+", choices=["multvae", "autorec"], default=["multvae", "autorec"])
+    parser.add_argument("--models", nargs="+", choices=["multvae", "autorec", "recvae"], default=["multvae", "autorec"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 gives "
                         "steadier figures on a machine busy with other work")
     parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32",
                         help="the models' matmul_dtype (bfloat16: mixed-precision output layer; the bound stays "
                              "float32's)")
+    parser.add_argument("--batch-size", type=int, help="users per batch (default: each model's own: 100, RecVAE 500)")
     parser.add_argument("--split-cache", help="directory keeping the split between runs (created if missing)")
     args = parser.parse_args()
     small = args.shape == "ml1m"
@@ -229,12 +279,13 @@ def main() -> None:
           f"{split.train.nnz:,} entries ({time.perf_counter() - started:.1f}s); {args.warmup} warm-up + "
           f"{args.epochs} timed epochs and validations per model, medians; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
-    print(f"{'model':8s} {'epoch s':>9s} {'bound s':>8s} {'ratio':>7s} {'cpu':>7s} {'valid s':>9s} {'bound s':>8s} "
+    print(f"{'model':11s} {'epoch s':>9s} {'bound s':>8s} {'ratio':>7s} {'cpu':>7s} {'valid s':>9s} {'bound s':>8s} "
           f"{'ratio':>7s} {'cpu':>7s} {'peak MB':>8s} {'GFLOP/s':>8s}")
     for model in args.models:
         run = in_own_process(split, model, args)
-        print(table_row(split, model, run), flush=True)
-        print(f"{'':8s} output layer in {run.precision}", flush=True)
+        for row in table_rows(split, model, run):
+            print(row, flush=True)
+        print(f"{'':11s} output layer in {run.precision}", flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {run.threads} torch threads"
     print(f"--matmul-dtype {args.matmul_dtype}; dense bfloat16 matmul {run.bfloat16_rate:.0f} GFLOP/s (the bound stays "
           f"float32's)")
