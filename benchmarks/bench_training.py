@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import torch
 
@@ -139,24 +139,28 @@ def epoch_phase(config: TrainConfig, epoch: int) -> str:
     return "enc" if epoch % (params.encoder_epochs + params.decoder_epochs) < params.encoder_epochs else "dec"
 
 
+def pass_flop(split: Split, config: TrainConfig) -> tuple[int, int, int]:
+    """O, S and D of the FLOP model above: one output-layer product, one pass of the sparse input layer and one
+    forward of the dense encoder layers, over every user with a train row."""
+    params: Any = config.params
+    users = len(split.train_users)
+    return (2 * users * params.hidden * split.n_items, 2 * split.train.nnz * encoder_width(config),
+            2 * users * dense_encoder_macs(config))
+
+
 def epoch_gflop(split: Split, config: TrainConfig, phase: str = "") -> float:
     """Floating-point work of one training epoch of `phase` (epoch_phase; the FLOP model above)."""
-    users, params = len(split.train_users), cast(Any, config.params)
-    output = 2 * users * params.hidden * split.n_items
-    sparse = 2 * split.train.nnz * encoder_width(config)
-    dense = 2 * users * dense_encoder_macs(config)
+    output, sparse, dense = pass_flop(split, config)
     work = {"": 3 * output + 2 * sparse, "enc": 2 * output + 3 * sparse + 4 * dense, "dec": 2 * output + sparse + dense}
     return work[phase] / 1e9
 
 
 def validation_gflop(split: Split, config: TrainConfig) -> float:
-    """Floating-point work of one full-ranking validation (the FLOP model above)."""
-    users = int((split.valid.getnnz(axis=1) > 0).sum())
-    scoring = 2 * users * cast(Any, config.params).hidden * split.n_items
-    if config.model != "recvae":
-        return scoring / 1e9
-    per_user = (2 * split.train.nnz * encoder_width(config)) / len(split.train_users) + 2 * dense_encoder_macs(config)
-    return (scoring + users * per_user) / 1e9
+    """Floating-point work of one full-ranking validation (the FLOP model above): the scoring product, and RecVAE's
+    encoder, for the users with a held-out item."""
+    output, sparse, dense = pass_flop(split, config)
+    share = int((split.valid.getnnz(axis=1) > 0).sum()) / len(split.train_users)
+    return share * (output + (sparse + dense if config.model == "recvae" else 0)) / 1e9
 
 
 def reset_peak_rss() -> bool:
